@@ -1,0 +1,322 @@
+"""canonicalize: one spelling per idiom, so later passes match one pattern each.
+
+Rewrite rules, applied until none fires:
+  identity       Identity, inference-mode Dropout and same-type Cast disappear.
+  fold           ops whose inputs are all constant become constants (weight quantizers are left
+                 for binarize-weights; Shape of a static shape folds, which dissolves
+                 Shape->Gather->Unsqueeze->Concat->Reshape flattening when the batch is fixed).
+  flatten        Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])) -> Flatten(x, axis=1)
+                 when the batch dim is symbolic.
+  linear         Gemm (transA=0) and MatMul with a static 2-D right operand, including the
+                 Transpose+MatMul of Brevitas exports, become `tamec.Linear(x, W[, B])`.
+  sign           ONNX Sign -> Threshold(tau=0, tie=0); BipolarQuant(x, s) ->
+                 Threshold(tau=0, lo=-s, hi=s, tie=s); 1-bit Quant (zero point 0, power-of-two
+                 scale) -> Threshold with the boundary and tie its rounding mode gives;
+                 single-threshold MultiThreshold -> Threshold(tie=hi);
+                 Where(Greater|Less|GreaterOrEqual|LessOrEqual(x, t), a, b) -> Threshold.
+  ste            x + (T(x) - x) -> T(x): the straight-through idiom is recognized, never
+                 evaluated (in float32 it is not always +-1).
+  compose        T2(T1(x) op c) for scalar thresholds -> one Threshold on x with the levels T2
+                 gives T1's three outputs: Larq's Sign(Add(Sign(x), c)) is Threshold(tie=+1).
+Never changes a tie rule: every Threshold's `tie` is the value its source op gives at equality.
+1-bit Quant variants whose integer range is a single point are degenerate (constant output):
+they are reported in the statistics, not silently folded.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tamec.ir.domains import infer_domains
+from tamec.ir.graph import Domain, Graph, Op
+from tamec.ir.rewrite import bypass, eval_op, fold_constants
+from tamec.ops import QONNX_DOMAIN, TAMEC_DOMAIN
+from tamec.passmanager import Pass, register
+
+
+def scalar(g: Graph, name: str) -> float | None:
+    c = g.const(name) if name else None
+    return float(c.reshape(-1)[0]) if c is not None and c.size == 1 else None
+
+
+def is_static(g: Graph, name: str) -> bool:
+    """True when `name` is computed from constants only (a weight behind its quantizer)."""
+    v = g.values[name]
+    if v.const is not None:
+        return True
+    p = g.producer(name)
+    return p is not None and all(not i or is_static(g, i) for i in p.inputs)
+
+
+def make_threshold(g: Graph, old: Op, x: str, *, tau, lo, hi, tie, axis=1, flip=None,
+                   origin=()) -> Op:
+    """Replace single-output `old` by a Threshold on `x` writing the same output value."""
+    tau = np.asarray(tau, dtype=np.float64)
+    flip = np.zeros(tau.shape, bool) if flip is None else np.asarray(flip, bool)
+    out = old.outputs[0]
+    g.remove_op(old.id, drop_outputs=False)
+    v = g.values[out]
+    v.domain = Domain.of_array(np.array([lo, hi, tie]))
+    op = Op(old.id, "Threshold", [x], [out], {"tau": tau, "flip": flip, "axis": int(axis), "lo": float(lo),
+            "hi": float(hi), "tie": float(tie)}, TAMEC_DOMAIN, tuple(dict.fromkeys(old.origin + tuple(origin))))
+    return g.add_op(op)
+
+
+def _single_user(g: Graph, name: str) -> bool:
+    return len(g.users(name)) == 1 and name not in g.outputs
+
+
+def _channel_axis(t: np.ndarray, rank: int | None) -> tuple[np.ndarray, int] | None:
+    """A per-channel constant as (vector, axis) in an input of `rank`, or None."""
+    if t.size == 1:
+        return t.reshape(()), 1
+    if rank is None or t.ndim > rank:
+        return None
+    shape = (1,) * (rank - t.ndim) + t.shape
+    big = [k for k, d in enumerate(shape) if d != 1]
+    return (t.reshape(-1), big[0]) if len(big) == 1 else None
+
+
+class Rules:
+    def __init__(self, g: Graph, stats: dict):
+        self.g, self.stats = g, stats
+
+    def hit(self, rule: str) -> bool:
+        self.stats[rule] = self.stats.get(rule, 0) + 1
+        return True
+
+    # identity ---------------------------------------------------------------------------------
+    def identity(self, op: Op) -> bool:
+        g = self.g
+        if op.domain or op.op_type not in ("Identity", "Dropout", "Cast"):
+            return False
+        if op.op_type == "Dropout" and len(op.outputs) > 1 and op.outputs[1] and g.users(op.outputs[1]):
+            return False
+        if op.op_type == "Cast" and g.values[op.inputs[0]].dtype != g.values[op.outputs[0]].dtype:
+            return False
+        return bypass(g, op, op.inputs[0]) and self.hit("identity")
+
+    # flatten ------------------------------------------------------------------------------------
+    def flatten(self, op: Op) -> bool:
+        g = self.g
+        if op.domain or op.op_type != "Reshape" or g.const(op.inputs[1]) is not None:
+            return False
+        cat = g.producer(op.inputs[1])
+        if cat is None or cat.op_type != "Concat" or len(cat.inputs) != 2:
+            return False
+        rest = g.const(cat.inputs[1])
+        if rest is None or rest.reshape(-1).tolist() != [-1]:
+            return False
+        p = g.producer(cat.inputs[0])
+        while p is not None and p.op_type in ("Unsqueeze", "Cast"):
+            p = g.producer(p.inputs[0])
+        if p is None or p.op_type != "Gather" or scalar(g, p.inputs[1]) != 0 or p.attrs.get("axis", 0) != 0:
+            return False
+        shape_op = g.producer(p.inputs[0])
+        if shape_op is None or shape_op.op_type != "Shape" or shape_op.inputs[0] != op.inputs[0]:
+            return False
+        out = op.outputs[0]
+        g.remove_op(op.id, drop_outputs=False)
+        g.add_op(Op(op.id, "Flatten", [op.inputs[0]], [out], {"axis": 1}, "",
+                    op.origin + cat.origin + p.origin + shape_op.origin))
+        return self.hit("flatten")
+
+    # linear -------------------------------------------------------------------------------------
+    def _weight(self, op: Op, b: str, transposed: bool) -> str | None:
+        """A value holding W as (N, K) given the right operand `b` of x @ b (or b^T if transposed)."""
+        g = self.g
+        if not is_static(g, b):
+            return None
+        shape = g.values[b].shape
+        if shape is None or len(shape) != 2:
+            return None
+        if transposed:
+            return b
+        c = g.const(b)
+        if c is not None:
+            name = g.fresh_name(b + ".T")
+            g.add_const(name, np.ascontiguousarray(c.T))
+            return name
+        p = g.producer(b)
+        if p.op_type == "Transpose" and not p.domain and list(p.attrs.get("perm", [1, 0])) == [1, 0]:
+            return p.inputs[0]
+        name = g.fresh_name(b + ".T")
+        g.add_value(dataclasses.replace(g.values[b], name=name, shape=tuple(reversed(shape)), bounds=None))
+        g.add_op(Op(g.fresh_name(op.id + ".T"), "Transpose", [b], [name], {"perm": [1, 0]}, "", op.origin),
+                 near=op.id)
+        return name
+
+    def linear(self, op: Op) -> bool:
+        g = self.g
+        if op.domain or op.op_type not in ("Gemm", "MatMul"):
+            return False
+        x, b = op.inputs[0], op.inputs[1]
+        xs = g.values[x].shape
+        if xs is None or len(xs) < 2 or is_static(g, x):
+            return False
+        bias = ""
+        if op.op_type == "Gemm":
+            a = op.attrs
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or len(xs) != 2:
+                return False
+            if len(op.inputs) > 2 and op.inputs[2]:
+                c = g.const(op.inputs[2])
+                n = g.values[b].shape[1 - a.get("transB", 0)] if g.values[b].shape else None
+                if c is None or n is None or c.size not in (1, n):
+                    return False
+                bias = g.fresh_name(op.inputs[2] + ".bias")
+                g.add_const(bias, np.broadcast_to(c.reshape(-1) * np.float32(a.get("beta", 1.0)), (n,))
+                            .astype(c.dtype).copy())
+            w = self._weight(op, b, bool(a.get("transB", 0)))
+        else:
+            w = self._weight(op, b, False)
+        if w is None:
+            return False
+        out = op.outputs[0]
+        g.remove_op(op.id, drop_outputs=False)
+        g.add_op(Op(op.id, "Linear", [x, w] + ([bias] if bias else []), [out], {}, TAMEC_DOMAIN, op.origin))
+        return self.hit("linear")
+
+    # sign-like ----------------------------------------------------------------------------------
+    def sign(self, op: Op) -> bool:
+        g = self.g
+        if not op.domain and op.op_type == "Sign":
+            make_threshold(g, op, op.inputs[0], tau=0.0, lo=-1.0, hi=1.0, tie=0.0)
+            return self.hit("sign")
+        if op.domain == QONNX_DOMAIN and op.op_type == "BipolarQuant":
+            s = scalar(g, op.inputs[1])
+            if s is None or not s > 0:
+                return False
+            make_threshold(g, op, op.inputs[0], tau=0.0, lo=-s, hi=s, tie=s)
+            return self.hit("bipolar-quant")
+        if op.domain == QONNX_DOMAIN and op.op_type == "Quant":
+            return self.quant(op)
+        if op.domain == QONNX_DOMAIN and op.op_type == "MultiThreshold":
+            return self.multithreshold(op)
+        if not op.domain and op.op_type == "Where":
+            return self.where(op)
+        return False
+
+    def quant(self, op: Op) -> bool:
+        g = self.g
+        s, z, bw = (scalar(g, i) for i in op.inputs[1:4])
+        if bw != 1 or s is None or z is None or is_static(g, op.inputs[0]):
+            return False
+        signed, narrow = int(op.attrs.get("signed", 1)), int(op.attrs.get("narrow", 0))
+        if signed and narrow or not signed and narrow:  # integer range {0}: output is constant
+            self.stats.setdefault("degenerate_quant", []).append(op.id)
+            return False
+        if z != 0 or not s > 0 or np.log2(s) != np.round(np.log2(s)):
+            return False  # a non-power-of-two scale makes x/s round: keep the exact Quant
+        v = np.arange(-8, 9, dtype=np.float64) * 0.25
+        x = (v * s).astype(np.float32).reshape(-1, 1)
+        y = eval_op(g, op, {op.inputs[0]: x})[0].reshape(-1).astype(np.float64)
+        change = np.flatnonzero(np.diff(y) != 0)
+        if len(change) != 1:
+            return False
+        i = int(change[0])
+        k = i if (v[i] * 2).is_integer() else i + 1  # the boundary is the half-integer sample
+        make_threshold(g, op, op.inputs[0], tau=v[k] * s, lo=y[0], hi=y[-1], tie=y[k])
+        return self.hit("quant-1bit")
+
+    def multithreshold(self, op: Op) -> bool:
+        g = self.g
+        t = g.const(op.inputs[1])
+        if t is None or t.ndim != 2 or t.shape[1] != 1:
+            return False
+        scale, bias = float(op.attrs.get("out_scale", 1.0)), float(op.attrs.get("out_bias", 0.0))
+        layout = op.attrs.get("data_layout", "NCHW")
+        rank = len(g.values[op.inputs[0]].shape or ())
+        axis = 1 if layout.startswith("NC") or rank == 2 else rank - 1
+        tau = t[:, 0] if t.shape[0] > 1 else t.reshape(())
+        make_threshold(g, op, op.inputs[0], tau=tau, lo=bias, hi=bias + scale, tie=bias + scale, axis=axis)
+        return self.hit("multithreshold")
+
+    def where(self, op: Op) -> bool:
+        g = self.g
+        cond, a, b = op.inputs
+        sa, sb = scalar(g, a), scalar(g, b)
+        cmp = g.producer(cond)
+        if sa is None or sb is None or cmp is None or cmp.domain or not _single_user(g, cond):
+            return False
+        levels = {"Greater": (sb, sa, sb), "GreaterOrEqual": (sb, sa, sa),
+                  "Less": (sa, sb, sb), "LessOrEqual": (sa, sb, sa)}.get(cmp.op_type)
+        t = g.const(cmp.inputs[1])
+        if levels is None or t is None or is_static(g, cmp.inputs[0]):
+            return False
+        ax = _channel_axis(t.astype(np.float64), len(g.values[cmp.inputs[0]].shape or ()) or None)
+        if ax is None:
+            return False
+        lo, hi, tie = levels
+        make_threshold(g, op, cmp.inputs[0], tau=ax[0], lo=lo, hi=hi, tie=tie, axis=ax[1], origin=cmp.origin)
+        return self.hit("where-quantizer")
+
+    # straight-through idiom ----------------------------------------------------------------------
+    def ste(self, op: Op) -> bool:
+        g = self.g
+        if op.domain or op.op_type != "Add":
+            return False
+        for x, d in (op.inputs, op.inputs[::-1]):
+            sub = g.producer(d)
+            if sub is None or sub.domain or sub.op_type != "Sub" or sub.inputs[1] != x:
+                continue
+            t = g.producer(sub.inputs[0])
+            if t is not None and t.qualname == "tamec.Threshold" and t.inputs[0] == x:
+                if bypass(g, op, sub.inputs[0]):
+                    return self.hit("ste")
+        return False
+
+    # Threshold of (Threshold op c) -----------------------------------------------------------------
+    def compose(self, op: Op) -> bool:
+        g = self.g
+        if op.qualname != "tamec.Threshold" or op.attrs["tau"].ndim:
+            return False
+        mid, u = None, op.inputs[0]
+        p = g.producer(u)
+        if p is not None and not p.domain and p.op_type in ("Add", "Sub", "Mul") and _single_user(g, u):
+            if scalar(g, p.inputs[1]) is None:
+                return False
+            mid, u = p, p.inputs[0]
+            p = g.producer(u)
+        if p is None or p.qualname != "tamec.Threshold":
+            return False
+        t1 = p
+        w = np.array([[t1.attrs["lo"]], [t1.attrs["hi"]], [t1.attrs["tie"]]], dtype=np.float32)
+        if mid is not None:
+            w = eval_op(g, mid, {mid.inputs[0]: w})[0]
+        lo, hi, tie = eval_op(g, op, {op.inputs[0]: w.astype(np.float32)})[0].reshape(-1).tolist()
+        origin = (mid.origin if mid else ()) + t1.origin
+        make_threshold(g, op, t1.inputs[0], tau=t1.attrs["tau"], flip=t1.attrs["flip"], axis=t1.attrs["axis"],
+                       lo=lo, hi=hi, tie=tie, origin=origin)
+        return self.hit("compose-threshold")
+
+
+@register
+class Canonicalize(Pass):
+    name = "canonicalize"
+    description = "fold constants, one spelling per idiom: Linear, Threshold, Flatten"
+    ensures = frozenset({"canonical"})
+
+    def rewrite(self, g, ctx, module):
+        stats: dict = {}
+        rules = Rules(g, stats)
+        order = (rules.identity, rules.flatten, rules.linear, rules.sign, rules.ste, rules.compose)
+        for _ in range(64):
+            changed = fold_constants(g, quantizers=False)
+            stats["fold"] = stats.get("fold", 0) + changed
+            for op in g.ops():
+                if op.id not in g.nx:
+                    continue  # removed by an earlier rule this sweep
+                op = g.op(op.id)
+                for rule in order:
+                    if rule(op):
+                        changed += 1
+                        break
+            changed += g.prune()
+            if not changed:
+                break
+        stats["domains_inferred"] = infer_domains(g)
+        if "degenerate_quant" in stats:
+            stats["degenerate_quant"] = sorted(set(stats["degenerate_quant"]))
+        return stats

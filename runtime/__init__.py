@@ -1,0 +1,1 @@
+"""tamec's CPU runtime (Numba kernels, plan executor, backward rules); reads a compiled Module."""

@@ -1,0 +1,5 @@
+import sys
+
+from tamec.cli import main
+
+sys.exit(main())

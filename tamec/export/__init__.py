@@ -1,0 +1,1 @@
+"""Exporters: graph IR to ONNX (and later MIP IR to MPS/LP, certificates to JSON)."""

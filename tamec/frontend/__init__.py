@@ -1,0 +1,1 @@
+"""Frontends: model files in, graph IR out."""

@@ -1,0 +1,306 @@
+"""Passes, pipelines, and the hooks around every pass: verify, check, print, dump, time.
+
+A pass is a class with a kebab-case `name`, a one-line `description`, the properties it
+`requires` and `ensures`, and `rewrite(graph, ctx) -> stats`, which mutates a private copy of
+the graph. `Pass.apply` makes the copy and computes `modified` by comparing before and after, so
+a pass never reports a change it did not make (onnx-ir's PassResult, QONNX's `(model, changed)`).
+
+The default pipeline and why its order:
+  canonicalize      first: every later pass sees one spelling per idiom (Linear, Threshold).
+  binarize-weights  needs canonical Linear/Conv to find their weights; folds weight quantizers.
+  fold-thresholds   needs binary weights to know pre-activations are integers on a lattice.
+  bounds            last: interval bounds are tightest on folded, integer-typed graphs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TextIO
+
+import numpy as np
+
+from tamec.errors import CheckMismatchError, PassError, TamecError, UsageError
+from tamec.ir.graph import Graph
+from tamec.ir.text import print_graph
+from tamec.module import Module, PassRecord
+
+DEFAULT_PIPELINE = ("canonicalize", "binarize-weights", "fold-thresholds", "bounds")
+
+REGISTRY: dict[str, type["Pass"]] = {}
+
+
+@dataclass
+class PassContext:
+    """Options passes read. `input_bounds` maps graph input names (or "*") to (lo, hi)."""
+
+    input_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassResult:
+    module: Module
+    modified: bool
+    stats: dict[str, Any]
+
+
+class Pass:
+    """Base class; subclasses set the class attributes and implement `rewrite`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    ensures: ClassVar[frozenset[str]] = frozenset()
+
+    def rewrite(self, graph: Graph, ctx: PassContext, module: Module) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def apply(self, module: Module, ctx: PassContext) -> PassResult:
+        """Run on a copy; the input module is never touched."""
+        missing = self.requires - module.properties
+        if missing:
+            raise PassError(f"pass {self.name} requires {sorted(missing)}",
+                            hint="run the passes that establish it first, e.g. the default pipeline order")
+        out = module.copy()
+        stats = self.rewrite(out.graph, ctx, out) or {}
+        out.properties = module.properties | self.ensures
+        return PassResult(out, not out.graph.structurally_equal(module.graph), stats)
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: file a pass under its unique name."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"pass name {cls.name!r} missing or registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_passes() -> None:
+    import tamec.passes.binarize_weights  # noqa: F401  (registration side effect)
+    import tamec.passes.bounds  # noqa: F401
+    import tamec.passes.canonicalize  # noqa: F401
+    import tamec.passes.fold_thresholds  # noqa: F401
+
+
+def get_pass(name: str) -> Pass:
+    _load_passes()
+    if name not in REGISTRY:
+        raise UsageError(f"unknown pass {name!r}", hint="known passes: " + ", ".join(sorted(REGISTRY)))
+    return REGISTRY[name]()
+
+
+def parse_pipeline(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    if spec is None:
+        return list(DEFAULT_PIPELINE)
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n and n != "import"]  # import is the frontend, always first
+    for n in names:
+        get_pass(n)
+    return names
+
+
+# -- probes for --check -------------------------------------------------------------------------
+
+class Probe:
+    """N probe inputs and the original model's outputs on them, for `--check`.
+
+    The reference is onnxruntime on the original file when it can load it, else the evaluator on
+    the freshly imported graph (QONNX ops onnxruntime does not know)."""
+
+    def __init__(self, module: Module, n: int, ctx: PassContext, original=None, seed: int = 0):
+        from tamec.evaluator import Evaluator
+
+        g = module.graph
+        rng = np.random.default_rng(seed)
+        self.batches: list[dict[str, np.ndarray]] = []
+        per_batch = n
+        fixed = any(isinstance(g.values[i].shape[0], int) for i in g.inputs if g.values[i].shape)
+        if fixed:
+            per_batch = 1
+        for b in range(max(1, n // per_batch)):
+            feeds = {}
+            for name in g.inputs:
+                v = g.values[name]
+                shape = [per_batch if k == 0 and not isinstance(d, int) else d
+                         for k, d in enumerate(v.shape or ())]
+                shape = [d if isinstance(d, int) else 1 for d in shape]
+                lo, hi = input_box(name, v, ctx)
+                feeds[name] = _probe_array(rng, shape, v.dtype, lo, hi, b)
+            self.batches.append(feeds)
+        self.reference_graph = g
+        self.reference = None
+        self.reference_name = "evaluator on the imported graph"
+        if original is not None:
+            try:
+                import onnxruntime as ort
+
+                if hasattr(original, "SerializeToString"):
+                    original = original.SerializeToString()
+                elif not isinstance(original, bytes):
+                    original = str(original)
+
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = 1
+                so.log_severity_level = 3
+                sess = ort.InferenceSession(original, so,
+                                            providers=["CPUExecutionProvider"])
+                self.reference = [dict(zip(g.outputs, sess.run(list(g.outputs), f))) for f in self.batches]
+                self.reference_name = "onnxruntime on the original model"
+            except Exception:  # noqa: BLE001  onnxruntime cannot run QONNX ops: fall back
+                self.reference = None
+        if self.reference is None:
+            ev = Evaluator(g)
+            self.reference = [ev.run(f) for f in self.batches]
+
+    def compare(self, g: Graph, pass_name: str) -> int:
+        """Run the probes on `g`; raise CheckMismatchError naming the first diverging tensor."""
+        from tamec.evaluator import Evaluator
+
+        ev = Evaluator(g)
+        for feeds, ref in zip(self.batches, self.reference):
+            got = ev.run(feeds)
+            for name in g.outputs:
+                bad = _differs(ref[name], got[name], g.values[name].domain.is_integer)
+                if bad:
+                    raise CheckMismatchError(
+                        f"after pass {pass_name}: output %{name} differs from {self.reference_name} "
+                        f"({bad}); {self._first_divergence(g, feeds)}",
+                        hint="this is a bug in the pass; rerun with --dump-dir and report the dumps")
+        return len(self.batches)
+
+    def _first_divergence(self, g: Graph, feeds) -> str:
+        from tamec.evaluator import Evaluator
+
+        before = Evaluator(self.reference_graph).run(feeds, keep_all=True)
+        after = Evaluator(g).run(feeds, keep_all=True)
+        for op in g.ops():
+            for o in op.outputs:
+                if o in before and o in after:
+                    bad = _differs(before[o], after[o], g.values[o].domain.is_integer)
+                    if bad:
+                        return (f"first diverging tensor %{o} ({bad}), produced by op {op.id} "
+                                f"({op.qualname}) from ONNX node(s) {', '.join(op.origin) or '?'}")
+        return "no shared intermediate tensor diverges; only the outputs do"
+
+
+def input_box(name: str, v, ctx: PassContext) -> tuple[float, float]:
+    """The box a graph input ranges over: --input-bounds, else its domain, else [0, 1] for real
+    inputs (pixel intensities: the convention of every bundled model)."""
+    if name in ctx.input_bounds:
+        return ctx.input_bounds[name]
+    if "*" in ctx.input_bounds:
+        return ctx.input_bounds["*"]
+    lo, hi = v.domain.interval()
+    return (0.0, 1.0) if not np.isfinite(lo) or not np.isfinite(hi) else (lo, hi)
+
+
+def _probe_array(rng, shape, dtype, lo, hi, k) -> np.ndarray:
+    """Half the probes are corner points of the box (exact 0/1 images), half uniform."""
+    if np.dtype(dtype).kind in "iub":
+        return rng.integers(int(lo), int(hi) + 1, size=shape).astype(dtype)
+    if k % 2 == 0:
+        x = np.where(rng.random(shape) < 0.5, lo, hi)
+    else:
+        x = rng.uniform(lo, hi, size=shape)
+    return x.astype(dtype)
+
+
+def _differs(a, b, exact: bool) -> str:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return f"shape {a.shape} vs {b.shape}"
+    if a.dtype.kind in "iub" or exact:
+        n = int(np.sum(a != b))
+        return f"{n} of {a.size} elements differ" if n else ""
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    tol = 1e-5 * (1 + np.abs(a.astype(np.float64)))
+    with np.errstate(invalid="ignore"):
+        bad = ~(diff <= tol) & ~(np.isnan(a) & np.isnan(b))
+    return f"max abs difference {np.nanmax(diff):.3g}" if bad.any() else ""
+
+
+# -- running a pipeline -------------------------------------------------------------------------
+
+def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = None,
+                 print_after: str | None = None, stop_after: str | None = None,
+                 dump_dir: str | os.PathLike | None = None, check: int = 0, verify: bool = True,
+                 original=None, out: TextIO | None = None) -> Module:
+    """Run the named passes in order with the verifier, probes, printing and dumps around each."""
+    names = parse_pipeline(pipeline)
+    if verify:
+        from tamec.ir.verify import verify_graph
+    ctx = ctx or PassContext()
+    out = out or sys.stdout
+    for flag, val in (("--print-after", print_after), ("--stop-after", stop_after)):
+        if val and val not in ("all", "import") and val not in names:
+            raise UsageError(f"{flag} {val}: no such pass in the pipeline", hint="pipeline: " + ",".join(names))
+    dump = Path(dump_dir) if dump_dir else None
+    if dump:
+        try:
+            dump.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create dump folder {dump}: {e.strerror}", hint="pick a writable --dump-dir") from None
+    probe = Probe(module, check, ctx, original) if check else None
+    if verify:
+        verify_graph(module.graph)
+    if not module.history:
+        module.history.append(PassRecord("import", module.reports.get("import_seconds", 0.0), True, {},
+                                         module.graph.op_counts()))
+    _after(module, "import", 0, print_after, dump, out)
+    if stop_after == "import":
+        _write_stats(module, dump)
+        return module
+    for k, name in enumerate(names, 1):
+        p = get_pass(name)
+        t0 = time.perf_counter()
+        try:
+            res = p.apply(module, ctx)
+            if verify:
+                verify_graph(res.module.graph)
+        except TamecError as e:
+            e.message = f"in pass {name}: {e.message}"
+            raise e.at(file=module.source)
+        except Exception as e:  # noqa: BLE001  a bug: say which pass, keep the cause chained
+            raise PassError(f"pass {name} crashed: {type(e).__name__}: {e}", file=module.source,
+                            hint="this is a bug in tamec; please report it with the model") from e
+        seconds = time.perf_counter() - t0
+        module = res.module
+        stats = dict(res.stats)
+        if probe:
+            stats["check_batches"] = probe.compare(module.graph, name)
+        module.history.append(PassRecord(name, seconds, res.modified, stats, module.graph.op_counts()))
+        _after(module, name, k, print_after, dump, out)
+        if stop_after == name:
+            break
+    _write_stats(module, dump)
+    return module
+
+
+def _after(module: Module, name: str, k: int, print_after, dump: Path | None, out) -> None:
+    if print_after in ("all", name):
+        out.write(f"// ----- AFTER {name} -----\n{print_graph(module.graph)}")
+    if dump:
+        from tamec.export.onnx import save_onnx
+
+        stem = dump / f"{k:02d}-{name}"
+        stem.with_suffix(".tir").write_text(print_graph(module.graph))
+        save_onnx(module.graph, str(stem) + ".onnx")
+
+
+def _write_stats(module: Module, dump: Path | None) -> None:
+    if dump:
+        data = {"source": module.source, "passes": [r.to_json() for r in module.history],
+                "reports": module.reports}
+        (dump / "stats.json").write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
