@@ -205,7 +205,8 @@ class Bounds(Pass):
             if op.qualname == "tamec.Threshold" and iv.get(op.inputs[0]) is not None:
                 layers.append(threshold_report(op, iv.get(op.inputs[0]), g.values[op.inputs[0]].domain))
         for name, (lo, hi) in iv.b.items():
-            g.values[name].bounds = (lo, hi)
+            if lo.ndim >= 1 and lo.shape[0] == 1:  # stored without the batch dim (Value.bounds)
+                g.values[name].bounds = (lo[0], hi[0])
         module.reports["bounds"] = layers
         return {"stable_neurons": sum(r["stable"] for r in layers),
                 "neurons": sum(r["neurons"] for r in layers),

@@ -76,6 +76,8 @@ def cmd_run(a) -> int:
             if len(names) != 1:
                 raise UsageError(f"the model has inputs {names}", hint="write --input NAME=X.npy for each")
             name, path = names[0], spec
+        if name not in names:
+            raise UsageError(f"the model has no input {name!r}", hint="its inputs: " + ", ".join(names))
         feeds[name] = _load_array(path)
     outs = sess.run(None, feeds)
     onames = [o.name for o in sess.get_outputs()]

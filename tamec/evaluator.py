@@ -37,7 +37,7 @@ from onnx import AttributeProto, helper, numpy_helper
 
 from tamec.errors import InputError, ModelStructureError, TamecError, UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
-from tamec.ops import QONNX_DOMAIN, TAMEC_DOMAIN, is_supported, normalize_domain, supported_summary
+from tamec.ops import QONNX_DOMAIN, QONNX_DOMAINS, TAMEC_DOMAIN, is_supported, normalize_domain, supported_summary
 
 Array = np.ndarray
 Kernel = Callable[[list], list]  # inputs (None for an absent optional one) -> outputs
@@ -100,6 +100,11 @@ class Evaluator:
 
     def value(self, name: str) -> Value:
         return self.graph.value(name)
+
+    def fixed(self, name: str) -> Array | None:
+        """A constant's data when no feed can override it (initializers listed as inputs can)."""
+        v = self.graph.values.get(name)
+        return None if v is None or name in self.graph.inputs else v.const
 
     def out_dtype(self, op: Op, k: int = 0, default=np.float32) -> np.dtype:
         """The declared numpy dtype of an op's k-th output (`default` if it has none usable)."""
@@ -217,9 +222,9 @@ def _reference_kernel(ev: Evaluator, op: Op) -> Kernel:
     for k, name in enumerate(op.inputs):
         if not name:
             continue
-        v = ev.value(name)
-        if v.const is not None:
-            inits.append(numpy_helper.from_array(np.asarray(v.const), ins[k]))
+        v, data = ev.value(name), ev.fixed(name)
+        if data is not None:
+            inits.append(numpy_helper.from_array(np.asarray(data), ins[k]))
         else:
             graph_inputs.append(helper.make_tensor_value_info(ins[k], _elem_type(v.dtype), None))
             fed.append(k)
@@ -286,13 +291,14 @@ def _k_matmul(ev: Evaluator, op: Op) -> Kernel:
     va, vb = ev.value(op.inputs[0]), ev.value(op.inputs[1])
     if exact is None:
         return lambda args: [np.matmul(args[0], args[1])]
-    if vb.const is not None:
-        _check_domain(vb.const, vb)
+    fb = ev.fixed(vb.name)
+    if fb is not None:
+        _check_domain(fb, vb)
 
     def kernel(args):
         a, b = args
         _check_domain(a, va)
-        if vb.const is None:
+        if fb is None:
             _check_domain(b, vb)
         return [_matmul_exact(a, b, *exact).astype(out_dt)]
 
@@ -307,8 +313,9 @@ def _k_gemm(ev: Evaluator, op: Op) -> Kernel:
     va, vb = ev.value(op.inputs[0]), ev.value(op.inputs[1])
     has_c = len(op.inputs) > 2 and op.inputs[2] != ""
     c_int = has_c and ev.value(op.inputs[2]).domain.is_integer
-    if exact is not None and vb.const is not None:
-        _check_domain(vb.const, vb)
+    fb = ev.fixed(vb.name)
+    if exact is not None and fb is not None:
+        _check_domain(fb, vb)
 
     def kernel(args):
         a, b = args[0], args[1]
@@ -322,7 +329,7 @@ def _k_gemm(ev: Evaluator, op: Op) -> Kernel:
                 y = y + (c if beta == 1.0 else c * c.dtype.type(beta))
             return [y.astype(a.dtype, copy=False)]
         _check_domain(a, va)
-        if vb.const is None:
+        if fb is None:
             _check_domain(b, vb)
         p = _matmul_exact(a, b, *exact)
         if c is not None and c_int and alpha == 1.0 and beta == 1.0:
@@ -343,9 +350,10 @@ def _k_linear(ev: Evaluator, op: Op) -> Kernel:
     vb = ev.value(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] else None
     out_dt = ev.out_dtype(op)
     exact = _exact_operands(ev, op, 0, 1)
-    wt = None if vw.const is None else np.ascontiguousarray(vw.const.T)
-    if exact is not None and vw.const is not None:
-        _check_domain(vw.const, vw)
+    fw = ev.fixed(vw.name)
+    wt = None if fw is None else np.ascontiguousarray(fw.T)
+    if exact is not None and fw is not None:
+        _check_domain(fw, vw)
     b_int = vb is not None and vb.domain.is_integer
 
     def kernel(args):
@@ -437,8 +445,9 @@ def _k_conv(ev: Evaluator, op: Op) -> Kernel:
     vx, vw = ev.value(op.inputs[0]), ev.value(op.inputs[1])
     has_b = len(op.inputs) > 2 and op.inputs[2] != ""
     b_int = has_b and ev.value(op.inputs[2]).domain.is_integer
-    if exact is not None and vw.const is not None:
-        _check_domain(vw.const, vw)
+    fw = ev.fixed(vw.name)
+    if exact is not None and fw is not None:
+        _check_domain(fw, vw)
 
     def kernel(args):
         x, wt = args[0], args[1]
@@ -451,7 +460,7 @@ def _k_conv(ev: Evaluator, op: Op) -> Kernel:
         win = _window(op.attrs, x.shape[2:], kshape)
         if exact is not None:
             _check_domain(x, vx)
-            if vw.const is None:
+            if fw is None:
                 _check_domain(wt, vw)
             dt = _exact_dtype(cg * math.prod(kshape), *exact)
         else:
@@ -722,11 +731,21 @@ def _k_multithreshold(ev: Evaluator, op: Op) -> Kernel:
     return kernel
 
 
+def _qonnx_opset(ev: Evaluator) -> int:
+    """The QONNX domain's opset under any of its names (qonnx's default is 1)."""
+    return max([int(ev.graph.opset[d]) for d in QONNX_DOMAINS if d in ev.graph.opset] or [1])
+
+
 def _k_trunc(ev: Evaluator, op: Op) -> Kernel:
-    """Trunc: v1 (5 inputs, opset 1 of the QONNX domain) or v2 (6 inputs, with output scale)."""
+    """Trunc v1 (QONNX opset 1, 5 inputs) or v2 (opset >= 2, 6 inputs: output scale, clamping).
+    qonnx picks the version by opset alone; an input count that disagrees is reported here."""
     rnd = _rounding(str(op.attrs.get("rounding_mode", "FLOOR")))
     narrow, signed = int(op.attrs.get("narrow", 0)), int(op.attrs.get("signed", 1))
-    v2 = len(op.inputs) >= 6
+    v2 = _qonnx_opset(ev) >= 2
+    if len(op.inputs) != (6 if v2 else 5):
+        raise ModelStructureError(
+            f"Trunc v{2 if v2 else 1} (QONNX opset {_qonnx_opset(ev)}) takes {6 if v2 else 5} inputs, "
+            f"this one has {len(op.inputs)}", hint="set the QONNX domain's opset to match the exporter")
     out_dt = ev.out_dtype(op)
 
     def kernel(args):

@@ -1,9 +1,10 @@
 """Passes, pipelines, and the hooks around every pass: verify, check, print, dump, time.
 
-A pass is a class with a kebab-case `name`, a one-line `description`, the properties it
-`requires` and `ensures`, and `rewrite(graph, ctx) -> stats`, which mutates a private copy of
-the graph. `Pass.apply` makes the copy and computes `modified` by comparing before and after, so
-a pass never reports a change it did not make (onnx-ir's PassResult, QONNX's `(model, changed)`).
+A pass follows the protocol `name`, `requires`, `ensures`, `run(module, ctx) -> PassResult`.
+Subclasses of `Pass` set a kebab-case `name`, a one-line `description`, and implement
+`rewrite(graph, ctx, module) -> stats` on a private copy: `Pass.run` makes the copy and computes
+`modified` by comparing before and after, so a pass never reports a change it did not make
+(onnx-ir's PassResult, QONNX's `(model, changed)`).
 
 The default pipeline and why its order:
   canonicalize      first: every later pass sees one spelling per idiom (Linear, Threshold).
@@ -59,7 +60,7 @@ class Pass:
     def rewrite(self, graph: Graph, ctx: PassContext, module: Module) -> dict[str, Any]:
         raise NotImplementedError
 
-    def apply(self, module: Module, ctx: PassContext) -> PassResult:
+    def run(self, module: Module, ctx: PassContext) -> PassResult:
         """Run on a copy; the input module is never touched."""
         missing = self.requires - module.properties
         if missing:
@@ -258,7 +259,7 @@ def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = Non
         p = get_pass(name)
         t0 = time.perf_counter()
         try:
-            res = p.apply(module, ctx)
+            res = p.run(module, ctx)
             if verify:
                 verify_graph(res.module.graph)
         except TamecError as e:

@@ -116,6 +116,7 @@ def _load(model, src: str) -> tuple[onnx.ModelProto, str | None]:
             raise ModelLoadError(f"not a readable ONNX model ({_first_line(e)})", file=src,
                                  hint="the file is truncated or not an ONNX protobuf; " + _REEXPORT) from None
         folder = os.path.dirname(os.path.abspath(path))
+    _check_text(m, src)
     if not m.HasField("graph") or (not m.graph.node and not m.graph.output):
         raise ModelLoadError("the file holds no ONNX graph (empty, or not an ONNX model)", file=src,
                              hint="the file is truncated or not an ONNX protobuf; " + _REEXPORT)
@@ -130,6 +131,24 @@ def _parse(data: bytes, src: str) -> onnx.ModelProto:
         raise ModelLoadError(f"not a readable ONNX model ({_first_line(e)})", file=src,
                              hint="the bytes are truncated or not an ONNX protobuf; " + _REEXPORT) from None
     return m
+
+
+def _check_text(m: onnx.ModelProto, src: str) -> None:
+    """Refuse invalid UTF-8 in string fields now: protobuf parses it, then hands out bytes
+    (or raises) where every later step expects str."""
+    def walk(msg, path: str) -> None:
+        for fd, value in msg.ListFields():
+            rep = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+            if fd.type == fd.TYPE_MESSAGE:
+                for k, sub in enumerate(value if rep else [value]):
+                    walk(sub, f"{path}.{fd.name}[{k}]")
+            elif fd.type == fd.TYPE_STRING and not all(isinstance(x, str) for x in (value if rep else [value])):
+                raise UnicodeError(f"{path}.{fd.name}")
+    try:
+        walk(m, "model")
+    except UnicodeError as e:  # UnicodeDecodeError included
+        raise ModelLoadError(f"the model holds a name or text field that is not valid UTF-8 ({e})",
+                             file=src, hint="the file is corrupt; " + _REEXPORT) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -283,11 +302,15 @@ class _Importer:
         return n
 
     def check_declared(self, vi: onnx.ValueInfoProto, kind: str) -> None:
-        if vi.type.WhichOneof("value") != "tensor_type":
+        which = vi.type.WhichOneof("value")
+        if which != "tensor_type":
             if kind == "value_info":
                 return  # inference ignores what it cannot use
-            raise self.err(UnsupportedModelError, f"{kind} {vi.name!r} is a {vi.type.WhichOneof('value')}, "
-                           "not a tensor", node=vi.name, hint="tamec handles tensor inputs and outputs only")
+            if which is None:
+                raise self.err(ModelStructureError, f"{kind} {vi.name!r} has no type", node=vi.name,
+                               hint="declare its element type and shape; " + _REEXPORT)
+            raise self.err(UnsupportedModelError, f"{kind} {vi.name!r} is a {which}, not a tensor",
+                           node=vi.name, hint="tamec handles tensor inputs and outputs only")
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             dims = [d.dim_value for d in tt.shape.dim if d.HasField("dim_value")]
@@ -460,6 +483,7 @@ class _Importer:
     def infer_shapes(self) -> dict[str, tuple[int, list | None]]:
         """name -> (ONNX elem type, dims or None), by strict ONNX shape inference on a stand-in model."""
         consts = self.small_consts()
+        self.named_inputs = self.name_unknown_dims()
         folded = {k: v for k, v in consts.items() if k in self.producer}  # Constant nodes' values
         for _ in range(len(self.nodes) + 1):
             types = _collect_types(self.infer_once(folded))
@@ -473,6 +497,24 @@ class _Importer:
                     dims = [d for d in types[o][1] if isinstance(d, int)]
                     self.count(dims, f"output {o!r} of node {self.ids[k]!r}", self.ids[k])
         return types
+
+    def name_unknown_dims(self) -> list[onnx.ValueInfoProto]:
+        """The real graph inputs with every unknown dim given a fresh symbolic name, so that
+        inference carries the same name to the tensors that share that dim."""
+        g = self.m.graph
+        used = {d.dim_param for vi in (*g.input, *g.output, *g.value_info)
+                for d in vi.type.tensor_type.shape.dim if d.dim_param}
+        fresh, out, inits = _FreshDims(used), [], {t.name for t in g.initializer}
+        for vi in g.input:
+            if vi.name in inits:
+                continue
+            vi2 = onnx.ValueInfoProto()
+            vi2.CopyFrom(vi)
+            for d in vi2.type.tensor_type.shape.dim:
+                if not d.HasField("dim_value") and not d.dim_param:
+                    d.dim_param = fresh()
+            out.append(vi2)
+        return out
 
     def small_consts(self) -> dict[str, np.ndarray]:
         """Small integer initializers and Constant node values: the seeds of shape folding."""
@@ -496,7 +538,7 @@ class _Importer:
                 g.initializer.append(t)
             else:  # only its type and shape matter here; copying megabytes per round would not
                 g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        g.input.extend(vi for vi in src_g.input if vi.name not in inits)
+        g.input.extend(self.named_inputs)
         for name, a in folded.items():
             g.initializer.append(numpy_helper.from_array(a, name))
         for n in self.nodes:
@@ -519,7 +561,7 @@ class _Importer:
         m = self.m
         g = Graph(m.graph.name or "graph", opset)
         inits = {t.name for t in m.graph.initializer}
-        fresh = _FreshDims(types)
+        fresh = _FreshDims(d for _, dims in types.values() if dims for d in dims if isinstance(d, str))
         for vi in m.graph.input:
             if vi.name in inits:
                 continue
@@ -691,9 +733,8 @@ def _collect_types(m: onnx.ModelProto) -> dict[str, tuple[int, list | None]]:
 class _FreshDims:
     """Fresh names for unknown dims, avoiding every symbolic name the model already uses."""
 
-    def __init__(self, types: dict):
-        self.used = {d for _, dims in types.values() if dims for d in dims if isinstance(d, str)}
-        self.k = 0
+    def __init__(self, used):
+        self.used, self.k = set(used), 0
 
     def __call__(self) -> str:
         while f"unk__{self.k}" in self.used:

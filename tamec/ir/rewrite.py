@@ -36,16 +36,18 @@ def eval_op(g: Graph, op: Op, feeds: dict[str, np.ndarray] | None = None) -> lis
 
 def bypass(g: Graph, op: Op, src: str) -> bool:
     """Remove single-output `op`, its consumers reading `src` instead. A graph output keeps its
-    name: `src` is renamed to it when `src` is an op's private result; returns False (and leaves
-    the graph alone) when that cannot be done."""
+    name: `src` (an op's result, same tensor) is renamed to it everywhere; returns False and
+    leaves the graph alone when `src` is itself a graph input, output or constant."""
     out = op.outputs[0]
     if out in g.outputs:
-        p = g.producer(src)
-        if p is None or src in g.outputs or len(g.users(src)) > 1:
+        if g.producer(src) is None or src in g.outputs:
             return False
+        outs = g.outputs
         g.remove_op(op.id, drop_outputs=False)
+        g.outputs = [o for o in outs if o != out]
         g.remove_value(out)
         g.rename_value(src, out)
+        g.outputs = outs
         return True
     g.replace_all_uses(out, src)
     g.remove_op(op.id)

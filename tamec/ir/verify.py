@@ -180,6 +180,13 @@ def _conv(op, s, g):
     return [(x[0], w[0], *out)]
 
 
+def _count(dims) -> tuple[int, tuple] | None:
+    """Element count of `dims` as (product of the int dims, sorted symbolic dims); None if unknown."""
+    if any(d is None for d in dims):
+        return None
+    return math.prod(d for d in dims if isinstance(d, int)), tuple(sorted(d for d in dims if isinstance(d, str)))
+
+
 def _reshape(op, s, g):
     x = s[0]
     target = g.const(op.inputs[1]) if len(op.inputs) > 1 else op.attrs.get("shape")  # opset < 5
@@ -192,11 +199,16 @@ def _reshape(op, s, g):
         return [None] if -1 in target or 0 in target else [tuple(target)]
     allowzero = op.attrs.get("allowzero", 0)
     out = [x[i] if t == 0 and not allowzero and i < len(x) else t for i, t in enumerate(target)]
-    total, rest = _prod(x), _prod([d for d in out if d != -1])
+    # symbolic dims cancel by name: (N, 4, 3, 3) -> (N, -1) makes -1 = 36
+    total, rest = _count(x), _count([d for d in out if d != -1])
+    if total is None or rest is None or total[1] != rest[1]:
+        return [tuple(None if d == -1 else d for d in out)]
     if -1 in out:
-        out = [(total // rest if total is not None and rest else None) if d == -1 else d for d in out]
-    elif total is not None and rest is not None and total != rest:
-        raise _Bad(f"cannot reshape {x} ({total} elements) to {tuple(out)} ({rest} elements)")
+        if rest[0] == 0 or total[0] % rest[0]:
+            raise _Bad(f"cannot reshape {x} to {tuple(target)}")
+        out = [total[0] // rest[0] if d == -1 else d for d in out]
+    elif total[0] != rest[0]:
+        raise _Bad(f"cannot reshape {x} ({total[0]} elements) to {tuple(out)} ({rest[0]} elements)")
     return [tuple(out)]
 
 
