@@ -17,9 +17,10 @@ here:
 
 Exactness: `Conv`, `MatMul`, `Gemm` and `tamec.Linear` on float tensors whose operands both have
 integer domains compute the exact integer result, then cast it to the output dtype. The product
-runs in float64 BLAS when `K * max|x| * max|w| < 2**53` (every partial sum is then an integer
-float64 holds exactly), else in int64. The operands are checked against their domains on the way
-in, so a pass that declares a wrong domain is caught here, not hidden by truncation.
+runs in float32 BLAS when `K * max|x| * max|w| < 2**24`, in float64 BLAS below `2**53` (every
+partial sum is then an integer the type holds exactly, whatever the summation order), else in
+int64. The operands are checked against their domains on the way in, so a pass that declares a
+wrong domain is caught here, not hidden by truncation.
 
 QONNX ops (`BipolarQuant`, `Quant`, `MultiThreshold`, `Trunc`) are numpy ports of
 `qonnx.custom_op.general`, operation for operation, so they round the same way; tamec never
@@ -41,7 +42,7 @@ from tamec.ops import QONNX_DOMAIN, QONNX_DOMAINS, TAMEC_DOMAIN, is_supported, n
 
 Array = np.ndarray
 Kernel = Callable[[list], list]  # inputs (None for an absent optional one) -> outputs
-_EXACT_F64 = 2.0 ** 53
+_EXACT_F32, _EXACT_F64 = 2.0 ** 24, 2.0 ** 53
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Evaluator:
                                       op=op.qualname, hint=_origin_hint(op)) from e
 
     def value(self, name: str) -> Value:
+        """The graph's Value called `name`."""
         return self.graph.value(name)
 
     def fixed(self, name: str) -> Array | None:
@@ -154,7 +156,7 @@ class Evaluator:
                     raise InputError(f"missing input {name!r}", hint="feed every graph input")
                 continue  # an initializer listed as input: its value is the default
             a = np.asarray(feeds[name])
-            if v.dtype and np.dtype(v.dtype) != a.dtype:
+            if _np_dtype(v.dtype) not in (None, a.dtype):
                 raise InputError(f"input {name!r} has dtype {a.dtype}, the graph expects {v.dtype}",
                                  hint=f"cast it with .astype(np.{v.dtype})")
             if v.shape is not None and (a.ndim != len(v.shape) or any(
@@ -168,6 +170,13 @@ class Evaluator:
 def evaluate(graph: Graph, feeds: dict[str, Array], keep_all: bool = False) -> dict[str, Array]:
     """Build an `Evaluator` for `graph` and run it once."""
     return Evaluator(graph).run(feeds, keep_all=keep_all)
+
+
+def _np_dtype(name: str) -> np.dtype | None:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
 
 
 def _origin_hint(op: Op) -> str:
@@ -274,15 +283,26 @@ def _check_domain(a: Array, v: Value) -> None:
 
 
 def _exact_dtype(k: int, ma: float, mb: float) -> np.dtype:
-    """float64 when every partial sum of K products is an integer below 2**53, else int64."""
-    return np.dtype(np.float64) if k * ma * mb < _EXACT_F64 else np.dtype(np.int64)
+    """The narrowest BLAS dtype in which every partial sum of K products is an integer it holds
+    exactly (so any summation order is exact), else int64."""
+    bound = k * ma * mb
+    if bound < _EXACT_F32:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64) if bound < _EXACT_F64 else np.dtype(np.int64)
 
 
 def _matmul_exact(a: Array, b: Array, ma: float, mb: float) -> Array:
-    """a @ b computed exactly (operands are integer-valued floats); float64 or int64 result."""
+    """a @ b computed exactly (operands are integer-valued floats); float32, float64 or int64."""
     k = a.shape[-1]
     dt = _exact_dtype(k, ma, mb)
     return np.matmul(a.astype(dt), b.astype(dt))
+
+
+def _add_exact(p: Array, c: Array) -> Array:
+    """p + c for an integral bias c, kept exact: float32 products widen to float64 first."""
+    if p.dtype == np.float32:
+        p = p.astype(np.float64)
+    return p + c.astype(p.dtype)
 
 
 def _k_matmul(ev: Evaluator, op: Op) -> Kernel:
@@ -333,7 +353,7 @@ def _k_gemm(ev: Evaluator, op: Op) -> Kernel:
             _check_domain(b, vb)
         p = _matmul_exact(a, b, *exact)
         if c is not None and c_int and alpha == 1.0 and beta == 1.0:
-            return [(p + c.astype(p.dtype)).astype(out_dt)]  # bias joins the exact sum
+            return [_add_exact(p, c).astype(out_dt)]  # bias joins the exact sum
         y = p.astype(out_dt)
         if alpha != 1.0:
             y = y * out_dt.type(alpha)
@@ -345,7 +365,7 @@ def _k_gemm(ev: Evaluator, op: Op) -> Kernel:
 
 
 def _k_linear(ev: Evaluator, op: Op) -> Kernel:
-    """tamec.Linear(x, W[, B]): y = x @ W^T + B; exact int64 product on integer domains."""
+    """tamec.Linear(x, W[, B]): y = x @ W^T + B; the exact integer product on integer domains."""
     vx, vw = ev.value(op.inputs[0]), ev.value(op.inputs[1])
     vb = ev.value(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] else None
     out_dt = ev.out_dtype(op)
@@ -370,7 +390,7 @@ def _k_linear(ev: Evaluator, op: Op) -> Kernel:
             _check_domain(w, vw)
         p = _matmul_exact(x, t, *exact)
         if b is not None and b_int:
-            return [(p + b.astype(p.dtype)).astype(out_dt)]
+            return [_add_exact(p, b).astype(out_dt)]
         y = p.astype(out_dt)
         return [y if b is None else y + b.astype(out_dt)]
 
@@ -414,7 +434,7 @@ def _window(attrs: dict, spatial: tuple[int, ...], kernel: list[int], ceil_mode:
             span = size + h + t - ext
             o = (-(-span // s) if ceil_mode else span // s) + 1
             if ceil_mode and (o - 1) * s >= size + h:
-                o -= 1  # a window may not start in the right padding
+                o -= 1  # no window starts in the right padding (onnxruntime; ONNX shape inference differs)
             head.append(h), tail.append(t), out.append(o)
     if any(o <= 0 for o in out):
         raise ValueError(f"window {kernel} does not fit input {spatial} with pads {head}+{tail}")
@@ -476,7 +496,7 @@ def _k_conv(ev: Evaluator, op: Op) -> Kernel:
         y = acc.reshape(m, n, *win.out).swapaxes(0, 1)
         bshape = (1, m) + (1,) * len(win.out)
         if exact is not None and b is not None and b_int:
-            return [np.ascontiguousarray((y + b.astype(dt).reshape(bshape)).astype(out_dt))]
+            return [np.ascontiguousarray(_add_exact(y, b.reshape(bshape)).astype(out_dt))]
         y = y.astype(out_dt if exact is not None else dt)
         if b is not None:
             y = y + b.reshape(bshape).astype(y.dtype, copy=False)
@@ -529,7 +549,7 @@ def _k_avgpool(ev: Evaluator, op: Op) -> Kernel:
 # Ops whose onnx.reference class ignores the opset
 # ------------------------------------------------------------------------------------------------
 def _k_batchnorm(ev: Evaluator, op: Op) -> Kernel:
-    if int(op.attrs.get("training_mode", 0)):
+    if int(op.attrs.get("training_mode", 0)) or sum(1 for o in op.outputs if o) > 1:
         raise UnsupportedModelError("BatchNormalization in training mode", hint="export the model in eval mode")
     eps = float(op.attrs.get("epsilon", 1e-5))
 

@@ -464,3 +464,69 @@ def test_error_message_names_file(tmp_path):
     e = _raises(ModelStructureError, p)
     assert str(p) in str(e) and e.file == str(p) and e.node == "add1"
     assert isinstance(e, TamecError)
+
+
+def test_custom_op_arity_checked():
+    """A QONNX op with too few inputs (which the ONNX checker cannot see) names the node."""
+    m = legacy_brevitas()
+    del m.graph.node[0].input[1:]
+    _raises(ModelStructureError, m, "'bq_in'", "BipolarQuant takes 2 inputs")
+
+
+def test_tamec_ops_and_ai_onnx_domain():
+    """tamec's own Linear/Threshold get shapes from their semantics (y = x W^T + B), and nodes in
+    the domain spelled 'ai.onnx' import as standard ops."""
+    nodes = [helper.make_node("Linear", ["x", "W", "B"], ["z"], name="lin", domain="tamec"),
+             helper.make_node("Threshold", ["z"], ["t"], name="thr", domain="tamec",
+                              tau=numpy_helper.from_array(np.zeros(2)), lo=-1.0, hi=1.0, tie=1.0),
+             helper.make_node("Relu", ["t"], ["y"], name="relu", domain="ai.onnx")]
+    m = _model(nodes, [_vi("x", [1, 3])], [_vi("y", [1, 2])], [_w("W", [2, 3]), _w("B", [2])],
+               extra_opsets=[helper.make_opsetid("tamec", 1)])
+    g = import_onnx(m)
+    assert g.values["z"].shape == (1, 2) and g.values["t"].shape == (1, 2)
+    assert g.op("lin").domain == "tamec" and g.op("relu").domain == ""
+    assert g.op("thr").attrs["tau"].dtype == np.float64
+    m.graph.initializer[0].CopyFrom(_w("W", [2, 4]))
+    _raises(ModelStructureError, m, "'lin'", "MatMul")
+
+
+def shape_chain(opset: int) -> onnx.ModelProto:
+    """Reshape targets computed from Shape/Size through Slice, Squeeze, Cast, Mul, Unsqueeze and
+    Concat, in the attribute form (opset 9) or the input form (opset 13)."""
+    c = {n: numpy_helper.from_array(np.array(v, np.int64), n)
+         for n, v in (("two", [1, 1]), ("st", [2]), ("en", [100]), ("ax", [0]), ("z", [0]), ("one", [1]))}
+    if opset == 9:
+        chain = [helper.make_node("Slice", ["s"], ["hw"], starts=[2], ends=[100], axes=[0]),
+                 helper.make_node("Slice", ["s"], ["b1"], starts=[0], ends=[1]),
+                 helper.make_node("Squeeze", ["b1"], ["b"], axes=[0]),
+                 helper.make_node("Unsqueeze", ["b"], ["bu"], axes=[0]),
+                 helper.make_node("Unsqueeze", ["n"], ["nn"], axes=[0])]
+        inits = [c["two"]]
+    else:
+        chain = [helper.make_node("Slice", ["s", "st", "en", "ax"], ["hw"]),
+                 helper.make_node("Slice", ["s", "z", "one"], ["b1"]),
+                 helper.make_node("Squeeze", ["b1", "ax"], ["b"]),
+                 helper.make_node("Unsqueeze", ["b", "ax"], ["bu"]),
+                 helper.make_node("Unsqueeze", ["n", "ax"], ["nn"])]
+        inits = list(c.values())
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Size", ["x"], ["n"]), *chain,
+             helper.make_node("Cast", ["hw"], ["hwf"], to=TensorProto.INT64),
+             helper.make_node("Mul", ["hwf", "two"], ["hw2"]),
+             helper.make_node("Concat", ["bu", "hw2"], ["tgt"], axis=0),
+             helper.make_node("Reshape", ["x", "tgt"], ["y"]),
+             helper.make_node("Reshape", ["x", "nn"], ["flat"])]
+    return _model(nodes, [_vi("x", [2, 1, 4, 4])], [_vi("y", ["a", "b", "c"]), _vi("flat", ["d"])],
+                  inits, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_shape_arithmetic_folded_like_onnxruntime(opset):
+    """Reshape outputs whose target is computed from Shape get the shapes onnxruntime produces."""
+    ort = pytest.importorskip("onnxruntime")
+    m = shape_chain(opset)
+    g = import_onnx(m)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    y, flat = sess.run(None, {"x": np.zeros((2, 1, 4, 4), np.float32)})
+    assert g.values["y"].shape == y.shape == (2, 4, 4)
+    assert g.values["flat"].shape == flat.shape == (32,)
+    assert g.values["tgt"].shape == (3,) and g.values["b"].shape == ()

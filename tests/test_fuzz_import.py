@@ -85,9 +85,30 @@ def _qonnx_net() -> onnx.ModelProto:
                                                helper.make_opsetid("finn", 1)])
 
 
+def _shape_chain9() -> onnx.ModelProto:
+    """Opset 9 shape arithmetic (attribute forms) that the importer folds to find Reshape targets."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Size", ["x"], ["n"]),
+             helper.make_node("Slice", ["s"], ["hw"], starts=[2], ends=[100], axes=[0]),
+             helper.make_node("Slice", ["s"], ["b1"], starts=[0], ends=[1]),
+             helper.make_node("Squeeze", ["b1"], ["b"], axes=[0]),
+             helper.make_node("Unsqueeze", ["b"], ["bu"], axes=[0]),
+             helper.make_node("Unsqueeze", ["n"], ["nn"], axes=[0]),
+             helper.make_node("Cast", ["hw"], ["hwf"], to=TensorProto.INT64),
+             helper.make_node("Mul", ["hwf", "two"], ["hw2"]),
+             helper.make_node("Concat", ["bu", "hw2"], ["tgt"], axis=0),
+             helper.make_node("Reshape", ["x", "tgt"], ["y"]),
+             helper.make_node("Reshape", ["x", "nn"], ["flat"]),
+             helper.make_node("Gather", ["s", "idx"], ["g"], axis=0)]
+    g = helper.make_graph(nodes, "chain", [_vi("x", [2, 1, 4, 4])],
+                          [_vi("y", ["a", "b", "c"]), _vi("flat", ["d"]), _vi("g", [2], TensorProto.INT64)],
+                          [numpy_helper.from_array(np.array([1, 1], np.int64), "two"),
+                           numpy_helper.from_array(np.array([0, -1], np.int64), "idx")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
+
+
 @lru_cache(maxsize=None)
 def _seed_bytes() -> tuple[bytes, ...]:
-    seeds = [m().SerializeToString() for m in (_mlp_sign, _conv_net, _qonnx_net)]
+    seeds = [m().SerializeToString() for m in (_mlp_sign, _conv_net, _qonnx_net, _shape_chain9)]
     if TFC.exists():
         seeds.append(TFC.read_bytes())
     return tuple(seeds)
@@ -188,8 +209,8 @@ def test_fuzz_random_bytes(data):
 
 
 def test_every_prefix_of_a_small_model():
-    """Every truncation of a serialized small model (about 700 cut points)."""
-    for data in _seed_bytes()[:3]:
+    """Every truncation of the small seed models (about 1000 cut points)."""
+    for data in _seed_bytes()[:4]:
         for cut in range(0, len(data), max(1, len(data) // 250)):
             _check_import(data[:cut])
 
@@ -215,7 +236,7 @@ def _mutate(m: onnx.ModelProto, draw) -> None:
     kind = draw(st.sampled_from([
         "dims", "op_type", "domain", "drop_init", "rename_input", "cycle", "drop_node", "attr",
         "opset", "data_type", "dup_node", "output_name", "elem_type", "value_info", "init_as_input",
-        "raw_len", "empty_name", "external", "swap_nodes"]))
+        "raw_len", "empty_name", "external", "swap_nodes", "int_values", "int_values"]))
     k_node = draw(st.integers(0, max(0, len(g.node) - 1)))
     node = g.node[k_node] if len(g.node) else None
     names = _names(m)
@@ -282,6 +303,13 @@ def _mutate(m: onnx.ModelProto, draw) -> None:
         t = g.initializer[draw(st.integers(0, len(g.initializer) - 1))]
         t.data_location = TensorProto.EXTERNAL
         t.external_data.add(key="location", value=draw(st.sampled_from(["w.bin", "../w.bin", "/etc/passwd"])))
+    elif kind == "int_values":  # new values for a small integer initializer (shape targets, indices)
+        ints = [t for t in g.initializer if t.data_type == TensorProto.INT64]
+        if ints:
+            t = ints[draw(st.integers(0, len(ints) - 1))]
+            vals = draw(st.lists(st.sampled_from([0, 1, -1, 2, 3, -7, 64, 2**31, -(2**40), 2**62]),
+                                 max_size=5))
+            t.CopyFrom(numpy_helper.from_array(np.array(vals, np.int64), t.name))
     elif kind == "swap_nodes" and len(g.node) > 1:
         j = draw(st.integers(0, len(g.node) - 1))
         a, b = onnx.NodeProto(), onnx.NodeProto()
@@ -299,7 +327,7 @@ def _mutated_model(draw) -> onnx.ModelProto:
     return m
 
 
-@settings(FUZZ, max_examples=1500)
+@settings(FUZZ, max_examples=2500)
 @given(_mutated_model(), st.booleans())
 def test_fuzz_structured_mutations(m, as_bytes):
     """Changed dims, op types, domains, attributes, opsets and dtypes; removed initializers and

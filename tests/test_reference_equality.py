@@ -58,8 +58,7 @@ def reference_ort(model: onnx.ModelProto, x: np.ndarray, names: list[str], inp: 
         model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     batches = [x[i:i + 1] for i in range(len(x))] if fixed else [x]
     res = [dict(zip(outs, sess.run(outs, {inp: b}))) for b in batches]
-    return [{k: np.concatenate([r[k] for r in res])} for k in outs][0:0] or \
-        [{k: np.concatenate([r[k] for r in res]) for k in outs}]
+    return [{k: np.concatenate([r[k] for r in res]) for k in outs}]
 
 
 def reference_qonnx(model: onnx.ModelProto, x: np.ndarray, names: list[str], inp: str) -> list[dict]:
@@ -72,7 +71,9 @@ def reference_qonnx(model: onnx.ModelProto, x: np.ndarray, names: list[str], inp
     for n in m.graph.node:  # the legacy Brevitas domain is the same op set under an older name
         if n.domain == "onnx.brevitas":
             n.domain = "qonnx.custom_op.general"
-    w = ModelWrapper(m)
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    w = ModelWrapper(m).transform(InferShapes())  # the raw TorchScript export leaves shapes out
     outs = [o.name for o in m.graph.output] + names
     res = []
     for i in range(len(x)):

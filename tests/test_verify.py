@@ -273,7 +273,9 @@ def test_op_spec_counts_and_attrs():
     ("mm", lambda g: setattr(g.values["m"], "shape", ("N", 6)), ["declared"]),
     ("gemm", lambda g: g.op("gemm").attrs.__setitem__("transB", 0), ["inner dims"]),
     ("tr", lambda g: g.op("tr").attrs.__setitem__("perm", [0, 0]), ["perm"]),
-    ("add", lambda g: setattr(g.values["a"], "shape", (7, "M")), ["declared"]),
+    ("add", lambda g: setattr(g.values["a"], "shape", (8, "N")), ["declared"]),
+    ("add", lambda g: g.values.__setitem__("row", Value("row", (6, 1), "float32",
+                                                       const=np.zeros((6, 1), np.float32))), ["broadcast"]),
     ("bn", lambda g: g.values.__setitem__("mean", Value("mean", (5,), "float32",
                                                         const=np.zeros(5, np.float32))), ["mean"]),
 ])

@@ -8,6 +8,8 @@ opens in Netron. Conventions a re-importer reads back:
   the domain is not `real`, followed by ` bounds=[lo..hi]` (a summary) when the value has bounds;
 - constants are initializers; every other value is typed (symbolic dims as dim_param, no shape
   when unknown); float attributes are ONNX FLOATs (float32), tensors keep their dtype.
+  ONNX has no way to say "rank unknown" that its checker accepts on a graph input or output, so
+  a graph whose inputs or outputs have unknown shapes exports but fails `onnx.checker`.
 
 Standard (`standard=True`): only default-domain ops, at the graph's own opset (>= 9, where
 `Where` appears), so every other standard op keeps its meaning:
@@ -108,14 +110,19 @@ class _Builder:
         self.g, self.opset = g, opset
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[TensorProto] = []
-        self.taken = set(g.values) | set(g.nx.nodes)
+        self.taken = set(g.values)  # value names
+        self.taken_nodes = set(g.nx.nodes)  # node names: ONNX keeps them apart from value names
+
+    @staticmethod
+    def _fresh(taken: set[str], base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}.{k}", k + 1
+        taken.add(name)
+        return name
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}.{k}", k + 1
-        self.taken.add(name)
-        return name
+        return self._fresh(self.taken, base)
 
     def const(self, base: str, array) -> str:
         name = self.fresh(base)
@@ -125,7 +132,7 @@ class _Builder:
     def node(self, op: Op, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
         """Add a standard node lowered from `op`; returns its output name (fresh unless `out`)."""
         out = out or self.fresh(f"{op.id}/{op_type}")
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(f"{op.id}/{op_type}"),
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self._fresh(self.taken_nodes, f"{op.id}/{op_type}"),
                                            doc_string=origin_doc(op), **attrs))
         return out
 
@@ -135,7 +142,7 @@ class _Builder:
 
 # -- standard lowering -------------------------------------------------------------------------------
 
-def _needs_f64(g: Graph, x: Value, w: Value) -> bool:
+def _needs_f64(x: Value, w: Value) -> bool:
     """True when x @ W^T is an integer product float32 might round (partial sums past 2^24)."""
     if not (x.domain.is_integer and w.domain.is_integer) or w.shape is None:
         return False
@@ -161,7 +168,7 @@ def _lower_linear(b: _Builder, op: Op) -> None:
     bias = op.inputs[2] if len(op.inputs) > 2 and op.inputs[2] else None
     y = g.value(op.outputs[0])
     floating = np.issubdtype(np.dtype(x.dtype), np.floating)
-    cdt = "float64" if not floating or _needs_f64(g, x, w) else x.dtype
+    cdt = "float64" if not floating or _needs_f64(x, w) else x.dtype
     xin = b.cast(op, x.name, x.dtype, cdt)
     out = op.outputs[0] if cdt == y.dtype else None
     if x.shape is not None and len(x.shape) == 2:

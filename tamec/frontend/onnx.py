@@ -45,8 +45,11 @@ _CUSTOM_DOMAINS = (*tops.QONNX_DOMAINS, tops.TAMEC_DOMAIN)
 # Constants up to this many elements are kept in the shape-inference copy and folded through
 # shape arithmetic; bigger ones only contribute their type and shape.
 _SMALL = 4096
-# Minimum input counts of the QONNX ops (qonnx.custom_op.general); Trunc has 5 or 6.
-_QONNX_MIN_INPUTS = {"BipolarQuant": 2, "Quant": 4, "Trunc": 5, "MultiThreshold": 2}
+# Input counts (min, max) of the custom ops, which the ONNX checker cannot check: QONNX's
+# (qonnx.custom_op.general; Trunc has 5 or 6) and tamec's own (tamec/ops.py). One output each.
+_ARITY = {(tops.QONNX_DOMAIN, "BipolarQuant"): (2, 2), (tops.QONNX_DOMAIN, "Quant"): (4, 4),
+          (tops.QONNX_DOMAIN, "Trunc"): (5, 6), (tops.QONNX_DOMAIN, "MultiThreshold"): (2, 2),
+          (tops.TAMEC_DOMAIN, "Linear"): (2, 3), (tops.TAMEC_DOMAIN, "Threshold"): (1, 1)}
 _SUBBYTE_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
                  TensorProto.INT2: 2, TensorProto.UINT2: 2,
                  TensorProto.FLOAT6E2M3: 6, TensorProto.FLOAT6E3M2: 6}
@@ -187,9 +190,16 @@ class _Importer:
             raise self.err(UnsupportedModelError, f"IR version {m.ir_version} is newer than this onnx "
                            f"package reads (up to {onnx.IR_VERSION})", hint="upgrade onnx, or re-export "
                            "with an older opset")
+        # "ai.onnx" is the default domain by another name, which the checker does not accept.
+        for o in m.opset_import:
+            if o.domain == "ai.onnx":
+                o.domain = ""
+        for n in self.nodes:
+            if n.domain == "ai.onnx":
+                n.domain = ""
         opset: dict[str, int] = {}
         for o in m.opset_import:
-            d = "" if o.domain in _DEFAULT_DOMAINS else o.domain
+            d = o.domain
             if d in opset and opset[d] != o.version:
                 raise self.err(ModelStructureError, f"opset_import lists domain {d!r} twice, with "
                                f"versions {opset[d]} and {o.version}", hint=_REEXPORT)
@@ -227,11 +237,13 @@ class _Importer:
             e.unsupported = bad
             raise e
         for k, n in enumerate(self.nodes):
-            need = _QONNX_MIN_INPUTS.get(n.op_type) if tops.normalize_domain(n.domain) == tops.QONNX_DOMAIN else None
-            if need is not None and (len(n.input) < need or not n.input[0] or len(n.output) != 1):
-                raise self.err(ModelStructureError, f"{n.op_type} needs at least {need} inputs and one "
-                               f"output, has {len(n.input)} and {len(n.output)}", node=self.ids[k],
-                               hint=_REEXPORT)
+            arity = _ARITY.get((tops.normalize_domain(n.domain), n.op_type))
+            if arity and not (arity[0] <= len(n.input) <= arity[1] and n.input[0] and len(n.output) == 1
+                              and n.output[0]):
+                want = f"{arity[0]}" if arity[0] == arity[1] else f"{arity[0]} to {arity[1]}"
+                raise self.err(ModelStructureError, f"{n.op_type} takes {want} inputs (the first one "
+                               f"named) and one named output, this node has {len(n.input)} and "
+                               f"{len(n.output)}", node=self.ids[k], hint=_REEXPORT)
 
     # -- 4. sizes -------------------------------------------------------------------------------
     def check_sizes(self) -> None:
@@ -335,7 +347,11 @@ class _Importer:
                 raise self.err(ModelLoadError, f"{what} has a non-integer external data offset or length",
                                node=node, hint=_REEXPORT) from None
             want = _nbytes(t.data_type, math.prod(t.dims))
-            size = os.path.getsize(path)
+            try:
+                size = os.path.getsize(path)
+            except OSError as e:
+                raise self.err(ModelLoadError, f"cannot read external data of {what}: {e.strerror or e}",
+                               node=node, hint="check the file's permissions") from None
             if offset < 0 or (length is not None and length != want) or offset + want > size:
                 raise self.err(ModelLoadError, f"{what} needs {want} bytes at offset {offset} of "
                                f"{info['location']!r} (length field {length}), but the file has {size} bytes",
@@ -568,11 +584,12 @@ class _Importer:
             dtype, shape = _declared(vi, types, fresh)
             g.add_value(Value(vi.name, shape, dtype, BIN01 if dtype == "bool" else REAL))
             g.inputs.append(vi.name)
-        for t in m.graph.initializer:
-            g.add_const(t.name, self.to_array(t, f"initializer {t.name!r}", t.name))
-        for k, n in enumerate(self.nodes):
-            if n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS:
-                g.add_const(n.output[0], self.constant_value(n, self.ids[k]))
+        with np.errstate(all="ignore"):  # Domain.of_array on NaN-holding float8 data etc.
+            for t in m.graph.initializer:
+                g.add_const(t.name, self.to_array(t, f"initializer {t.name!r}", t.name))
+            for k, n in enumerate(self.nodes):
+                if n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS:
+                    g.add_const(n.output[0], self.constant_value(n, self.ids[k]))
         for k, n in enumerate(self.nodes):
             if n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS:
                 continue

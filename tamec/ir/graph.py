@@ -148,17 +148,21 @@ def _bounds_eq(a, b) -> bool:
     return _arr_eq(a[0], b[0]) and _arr_eq(a[1], b[1])
 
 
+def _attr_eq(x, y) -> bool:
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        return isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and _arr_eq(x, y)
+    if isinstance(x, (list, tuple)) or isinstance(y, (list, tuple)):
+        return isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y) \
+            and all(_attr_eq(a, b) for a, b in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True  # an attribute equals itself, NaN included
+    return type(x) is type(y) and x == y or (isinstance(x, (int, float)) and isinstance(y, (int, float))
+                                             and not isinstance(x, bool) and not isinstance(y, bool) and x == y)
+
+
 def attrs_equal(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for k in a:
-        x, y = a[k], b[k]
-        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
-            if not _arr_eq(np.asarray(x), np.asarray(y)):
-                return False
-        elif x != y:
-            return False
-    return True
+    """Attribute dicts equal value by value (arrays elementwise, NaN equal to NaN)."""
+    return a.keys() == b.keys() and all(_attr_eq(a[k], b[k]) for k in a)
 
 
 @dataclass

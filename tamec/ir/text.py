@@ -32,6 +32,8 @@ DTYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "int8": "i8", "i
           "uint64": "u64", "bool": "bool", "bfloat16": "bf16", "str": "str"}
 SHORT = {v: k for k, v in DTYPES.items()}
 _NAME = re.compile(r"[A-Za-z0-9_.:/\-]+\Z")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/\-]*\Z")  # what the tokenizer reads as one bare word
+_DIM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def _name(n: str) -> str:
@@ -69,7 +71,8 @@ def _array(a: np.ndarray, inline: int, full: bool) -> str:
 
 
 def _type(shape, dtype: str) -> str:
-    dims = "?" if shape is None else ",".join(str(d) for d in shape)
+    dims = "?" if shape is None else ",".join(
+        str(d) if isinstance(d, int) or _DIM.match(d) else json.dumps(d) for d in shape)
     return f"{DTYPES.get(dtype, dtype)}[{dims}]"
 
 
@@ -119,7 +122,7 @@ def print_graph(g: Graph, *, full: bool = False, inline: int = 16) -> str:
         origin = ""
         if op.origin != (op.id,):
             origin = " <- " + (", ".join(json.dumps(o) for o in op.origin) if op.origin else "()")
-        lines.append(f"  {outs} = {op.qualname}({ins}){attrs} : {types} @{json.dumps(op.id) if not _NAME.match(op.id) else op.id}{origin}")
+        lines.append(f"  {outs} = {op.qualname}({ins}){attrs} : {types} @{op.id if _IDENT.match(op.id) else json.dumps(op.id)}{origin}")
     for name in g.outputs:
         lines.append(f"  output {_name(name)}")
     lines.append("}")
@@ -210,7 +213,7 @@ def _parse_type(t: _Tokens):
     else:
         while not t.accept("]"):
             k, d = t.next()
-            shape.append(int(d) if k == "num" else d)
+            shape.append(int(d) if k == "num" else json.loads(d) if k == "str" else d)
             t.accept(",")
         return dtype, tuple(shape)
     t.expect("]")

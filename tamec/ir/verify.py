@@ -39,10 +39,10 @@ def _fail(op: Op, msg: str, hint: str = _HINT):
 # -- shape helpers ---------------------------------------------------------------------------------
 
 def _dim_eq(a, b) -> bool:
-    """Two dims that may be equal: unknown or int-vs-symbol is not a contradiction."""
-    if a is None or b is None or isinstance(a, str) != isinstance(b, str):
-        return True
-    return a == b
+    """Two dims that may be equal: only two different ints contradict. Symbolic names are hints,
+    not proofs of inequality: ONNX shape inference names one batch dim `unk__12` here and
+    `unk__13` there."""
+    return not (isinstance(a, int) and isinstance(b, int) and a != b)
 
 
 def _bdim(dims: list):
@@ -287,7 +287,7 @@ class Rule:
     pass through, so their domains must fit in the output's), 'arith' (integer when every input
     is), 'int' (always integer), 'real' (never), '?' (not checked)."""
 
-    n_in: tuple[int, float] | None = None
+    n_in: tuple[int, int] | None = None
     n_out: tuple[int, int] | None = None
     attrs: tuple[str, ...] | None = None
     shape: Callable | None = None
@@ -304,16 +304,16 @@ _UNARY_REAL = ("Tanh Sigmoid Exp Log Sqrt Reciprocal Erf Softsign Softplus Leaky
 _BIN_ARITH = "Add Sub Mul Max Min Sum".split()
 _BIN_INT = "Greater Less GreaterOrEqual LessOrEqual Equal And Or".split()
 _BIN_REAL = "Div Pow Mean".split()
-_INF = math.inf
 
 SPEC: dict[str, Rule] = {
     f"{TAMEC_DOMAIN}.Linear": Rule((2, 3), (1, 1), (), _linear, ints="arith"),
     f"{TAMEC_DOMAIN}.Threshold": Rule((1, 1), (1, 1), ("tau", "flip", "axis", "lo", "hi", "tie"),
                                       _threshold, _threshold_attrs, ints="int"),
     f"{QONNX_DOMAIN}.BipolarQuant": Rule((2, 2), (1, 1), (), _bcast, ints="int"),
-    f"{QONNX_DOMAIN}.Quant": Rule((4, 4), (1, 1), (), lambda op, s, g: [broadcast(*s[:3])], ints="int"),
-    f"{QONNX_DOMAIN}.MultiThreshold": Rule((2, 2), (1, 1), (), lambda op, s, g: [s[0]], ints="int"),
-    f"{QONNX_DOMAIN}.Trunc": Rule((5, 5), (1, 1), (), lambda op, s, g: [s[0]], ints="int"),
+    # scaled quantizers: integer or not depending on scale and bias, which the bounds pass knows
+    f"{QONNX_DOMAIN}.Quant": Rule((4, 4), (1, 1), (), lambda op, s, g: [broadcast(*s[:3])]),
+    f"{QONNX_DOMAIN}.MultiThreshold": Rule((2, 2), (1, 1), (), lambda op, s, g: [s[0]]),
+    f"{QONNX_DOMAIN}.Trunc": Rule((5, 6), (1, 1), (), lambda op, s, g: [s[0]]),
     "MatMul": Rule(shape=_matmul, ints="arith"),
     "Gemm": Rule(shape=_gemm, ints="arith"),
     "Conv": Rule(shape=_conv, ints="arith"),
@@ -596,8 +596,7 @@ def _bounds_problem(v: Value) -> str | None:
             return f"bounds {name} of shape {b.shape} do not broadcast to {_fmt(target)} (shape without batch)"
     bad = lo > hi
     if bad.any():
-        k = np.unravel_index(np.argmax(np.broadcast_to(bad, np.broadcast_shapes(lo.shape, hi.shape))),
-                             np.broadcast_shapes(lo.shape, hi.shape))
+        k = np.unravel_index(np.argmax(bad), bad.shape)
         return f"bounds lo > hi at {tuple(int(i) for i in k)}"
     dlo, dhi = v.domain.interval()
     if (lo < dlo).any() or (hi > dhi).any():
