@@ -394,8 +394,6 @@ def test_reimport_round_trip():
             np.testing.assert_array_equal(w.const, v.const)
 
 
-@pytest.mark.xfail(strict=True, reason="the importer sets origin=(node name,) and does not read the "
-                   "`origin=[...]` doc_string the exporter writes yet")
 def test_reimport_keeps_provenance():
     """The origin written to each node's doc_string comes back as the op's origin."""
     g = mixed_graph()

@@ -530,3 +530,24 @@ def test_shape_arithmetic_folded_like_onnxruntime(opset):
     assert g.values["y"].shape == y.shape == (2, 4, 4)
     assert g.values["flat"].shape == flat.shape == (32,)
     assert g.values["tgt"].shape == (3,) and g.values["b"].shape == ()
+
+
+@pytest.mark.parametrize("make", [lambda: TFC, mlp_sign, conv_net, legacy_brevitas, lambda: shape_chain(9)],
+                         ids=["tfc", "mlp_sign", "conv_net", "legacy_brevitas", "shape_chain"])
+def test_imported_graphs_round_trip_through_text(make):
+    """What the importer builds prints and parses back to an equal graph (fixtures can be text)."""
+    from tamec.ir.text import parse_graph, print_graph
+    model = make()
+    if isinstance(model, Path) and not model.exists():
+        pytest.skip("TFC_1W1A.onnx not present")
+    g = import_onnx(model)
+    assert parse_graph(print_graph(g, full=True)) == g
+
+
+def test_bad_arguments_are_usage_errors():
+    """A model of the wrong type or a non-positive max_elements is a UsageError, not a TypeError."""
+    from tamec.errors import UsageError
+    with pytest.raises(UsageError):
+        import_onnx(123)
+    with pytest.raises(UsageError):
+        import_onnx(mlp_sign(), max_elements=0)

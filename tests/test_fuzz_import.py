@@ -2,7 +2,10 @@
 a well-formed graph or raises a TamecError that names the file; nothing else escapes, nothing hangs."""
 from __future__ import annotations
 
+import atexit
+import shutil
 import signal
+import tempfile
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
@@ -10,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -125,6 +127,10 @@ class Hang(BaseException):
 
 @contextmanager
 def _alarm(seconds: float):
+    if not hasattr(signal, "setitimer"):  # no SIGALRM (Windows): rely on hypothesis' deadline
+        yield
+        return
+
     def fire(*_):
         raise Hang(f"import_onnx ran longer than {seconds} s")
     old = signal.signal(signal.SIGALRM, fire)
@@ -208,8 +214,8 @@ def test_fuzz_random_bytes(data):
     _check_import(data)
 
 
-def test_every_prefix_of_a_small_model():
-    """Every truncation of the small seed models (about 1000 cut points)."""
+def test_truncations_of_small_models():
+    """Truncations of each small seed model at about 250 evenly spaced cut points."""
     for data in _seed_bytes()[:4]:
         for cut in range(0, len(data), max(1, len(data) // 250)):
             _check_import(data[:cut])
@@ -302,7 +308,11 @@ def _mutate(m: onnx.ModelProto, draw) -> None:
     elif kind == "external" and len(g.initializer):
         t = g.initializer[draw(st.integers(0, len(g.initializer) - 1))]
         t.data_location = TensorProto.EXTERNAL
-        t.external_data.add(key="location", value=draw(st.sampled_from(["w.bin", "../w.bin", "/etc/passwd"])))
+        t.ClearField("raw_data")
+        t.external_data.add(key="location", value=draw(st.sampled_from(
+            ["w.bin", "link.bin", "../w.bin", "/etc/passwd", "sub/../w.bin", "gone.bin", "", ".", "sub"])))
+        for key in draw(st.lists(st.sampled_from(["offset", "length", "checksum"]), max_size=2, unique=True)):
+            t.external_data.add(key=key, value=draw(st.sampled_from(["0", "4", "-1", "x", "99999", str(2**70)])))
     elif kind == "int_values":  # new values for a small integer initializer (shape targets, indices)
         ints = [t for t in g.initializer if t.data_type == TensorProto.INT64]
         if ints:
@@ -319,6 +329,20 @@ def _mutate(m: onnx.ModelProto, draw) -> None:
         g.node[j].CopyFrom(a)
 
 
+@lru_cache(maxsize=None)
+def _model_dir() -> Path:
+    """A folder for file-based imports: data `w.bin`, a folder `sub`, and `link.bin`, a symlink to a
+    file outside it (kept for the whole session)."""
+    root = Path(tempfile.mkdtemp(prefix="tamec-fuzz-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    (root / "outside.bin").write_bytes(bytes(range(256)) * 64)
+    d = root / "model"
+    (d / "sub").mkdir(parents=True)
+    (d / "w.bin").write_bytes(np.ones(4096, np.float32).tobytes())
+    (d / "link.bin").symlink_to(root / "outside.bin")
+    return d
+
+
 @st.composite
 def _mutated_model(draw) -> onnx.ModelProto:
     m = _seed_model(draw(st.integers(0, len(_seed_bytes()) - 1)))
@@ -328,15 +352,21 @@ def _mutated_model(draw) -> onnx.ModelProto:
 
 
 @settings(FUZZ, max_examples=2500)
-@given(_mutated_model(), st.booleans())
-def test_fuzz_structured_mutations(m, as_bytes):
+@given(_mutated_model(), st.sampled_from(["proto", "bytes", "file"]))
+def test_fuzz_structured_mutations(m, form):
     """Changed dims, op types, domains, attributes, opsets and dtypes; removed initializers and
-    nodes; renamed inputs; cycles; external data; given as a ModelProto or as bytes."""
+    nodes; renamed inputs; cycles; external data; given as a ModelProto, as bytes or as a file
+    in a folder with external data files and a symlink pointing out of it."""
     try:
         data = m.SerializeToString()
     except Exception:  # noqa: BLE001 -- protobuf refuses some mutations itself; import the proto
-        as_bytes = False
-    _check_import(data if as_bytes else m)
+        form = "proto"
+    if form == "file":
+        path = _model_dir() / "m.onnx"
+        path.write_bytes(data)
+        _check_import(path)
+    else:
+        _check_import(data if form == "bytes" else m)
 
 
 def test_seeds_import():

@@ -25,6 +25,7 @@ unknown after inference default to float32, which is what every BNN exporter wri
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import os
 import re
@@ -37,7 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tamec import ops as tops
 from tamec.errors import ModelLoadError, ModelStructureError, TamecError, UnsupportedModelError, UsageError
-from tamec.ir.graph import BIN01, REAL, Domain, Graph, Op, Value
+from tamec.ir.graph import BIN01, REAL, Graph, Op, Value
 
 MIN_OPSET = 9
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -160,6 +161,34 @@ def _first_line(e: BaseException) -> str:
 
 
 # -- the importer -------------------------------------------------------------------------------
+def _origin_or(n: onnx.NodeProto, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The provenance tamec's own ONNX dumps write into a node's doc_string, else `default`."""
+    if not n.doc_string.startswith("origin="):
+        return default
+    try:
+        names = json.loads(n.doc_string[len("origin="):])
+    except ValueError:
+        return default
+    return tuple(names) if isinstance(names, list) and all(isinstance(x, str) for x in names) else default
+
+
+def _domains_from_docs(g: Graph, graph: onnx.GraphProto) -> None:
+    """Domains tamec's dumps record as `domain=...` on values (kept only if the data agree)."""
+    from tamec.ir.text import _parse_domain, _Tokens
+
+    for item in list(graph.value_info) + list(graph.input) + list(graph.output) + list(graph.initializer):
+        m = re.search(r"(?:^| )domain=(\S+)", item.doc_string)
+        v = g.values.get(item.name)
+        if not m or v is None:
+            continue
+        try:
+            d = _parse_domain(_Tokens(m.group(1), 0))
+        except TamecError:
+            continue
+        if v.const is None or d.contains(v.const):
+            v.domain = d
+
+
 class _Importer:
     """One import; holds the model, its folder and where errors should point."""
 
@@ -599,8 +628,9 @@ class _Importer:
                     dtype, shape = _inferred(o, types, fresh)
                     g.add_value(Value(o, shape, dtype, BIN01 if dtype == "bool" else REAL))
             g.add_op(Op(self.ids[k], n.op_type, list(n.input), outs, self.attrs(n, self.ids[k]),
-                        tops.normalize_domain(n.domain), (self.names[k] or self.ids[k],)))
+                        tops.normalize_domain(n.domain), _origin_or(n, (self.names[k] or self.ids[k],))))
         g.outputs = [vi.name for vi in m.graph.output]
+        _domains_from_docs(g, m.graph)
         return g
 
     def attrs(self, n: onnx.NodeProto, node: str) -> dict[str, Any]:
