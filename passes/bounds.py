@@ -12,7 +12,9 @@ Real-valued results are widened by 1e-5 relative so that float32 evaluation stay
 Report, per threshold layer: neurons, stable neurons (the interval excludes tau, so the big-M
 rows of the MIP are not needed), the largest big-M max(tau - L, U - tau) over unstable neurons,
 and how many thresholds can tie (tau inside the interval and on the pre-activation's lattice).
-Interval bounds are a first, cheap step: LP-based tightening comes with the MIP IR.
+With the option `tighten=lp` (`tamec compile --tighten lp`) every unstable pre-activation is
+then tightened over the LP relaxation of the network's MIP up to its layer, with bounds
+certified by dual points (tamec/tighten.py); the report shows interval and tightened numbers.
 """
 from __future__ import annotations
 
@@ -174,41 +176,70 @@ def threshold_report(op: Op, x_bounds, x_domain) -> dict:
             "can_tie": int((inside & on_lattice & np.isfinite(tau)).sum())}
 
 
+def propagate(g: Graph, ctx, overrides: dict | None = None) -> tuple[list[dict], int]:
+    """Interval bounds for every value of `g` (stored on Value.bounds); `overrides` maps value
+    names to tighter (lo, hi) pairs (no batch dim) that are intersected in as they are reached.
+    Returns the per-threshold reports and the number of ops left unbounded."""
+    overrides = overrides or {}
+    iv = Intervals(g)
+    for name in g.inputs:
+        v = g.values[name]
+        lo, hi = input_box(name, v, ctx)
+        shape = tuple(1 if k == 0 or not isinstance(d, int) else d for k, d in enumerate(v.shape or ()))
+        # the box may be per element (verify's eps-ball), given without the batch dim
+        iv.b[name] = tuple(np.broadcast_to(np.asarray(b, np.float64), shape[1:]).reshape(shape).copy()
+                           for b in (lo, hi))
+    layers, unbounded = [], 0
+    for op in g.ops():
+        res = iv.op(op) if len(op.outputs) == 1 else None
+        out = g.values[op.outputs[0]]
+        if res is not None:
+            lo, hi = (np.asarray(r, np.float64) for r in res)
+            if not out.domain.is_integer:
+                lo, hi = _widen(lo, hi)
+            dlo, dhi = out.domain.interval()
+            lo, hi = np.maximum(lo, dlo), np.minimum(hi, dhi)
+            if out.domain.is_integer:
+                lo, hi = np.ceil(lo - 1e-9), np.floor(hi + 1e-9)
+            if out.name in overrides:
+                olo, ohi = overrides[out.name]
+                lo, hi = np.maximum(lo, olo[None]), np.minimum(hi, ohi[None])
+            iv.b[out.name] = (lo, hi)
+        else:
+            unbounded += 1
+        if op.qualname == "tamec.Threshold" and iv.get(op.inputs[0]) is not None:
+            layers.append(threshold_report(op, iv.get(op.inputs[0]), g.values[op.inputs[0]].domain))
+    for name, (lo, hi) in iv.b.items():
+        if lo.ndim >= 1 and lo.shape[0] == 1:  # stored without the batch dim (Value.bounds)
+            v = g.values[name]
+            v.bounds = (lo[0], hi[0])
+            v.bounds_source = "lp-tightened" if name in overrides else "interval"
+    return layers, unbounded
+
+
 @register
 class Bounds(Pass):
     name = "bounds"
-    description = "interval bounds from the input box; stable neurons, big-M and ties per layer"
+    description = "interval bounds from the input box (+ LP tightening); stable neurons, big-M, ties"
     ensures = frozenset({"bounded"})
 
     def rewrite(self, g, ctx, module):
-        iv = Intervals(g)
-        for name in g.inputs:
-            v = g.values[name]
-            lo, hi = input_box(name, v, ctx)
-            shape = tuple(1 if k == 0 or not isinstance(d, int) else d for k, d in enumerate(v.shape or ()))
-            iv.b[name] = (np.full(shape, lo, np.float64), np.full(shape, hi, np.float64))
-        layers, unbounded = [], 0
-        for op in g.ops():
-            res = iv.op(op) if len(op.outputs) == 1 else None
-            out = g.values[op.outputs[0]]
-            if res is not None:
-                lo, hi = (np.asarray(r, np.float64) for r in res)
-                if not out.domain.is_integer:
-                    lo, hi = _widen(lo, hi)
-                dlo, dhi = out.domain.interval()
-                lo, hi = np.maximum(lo, dlo), np.minimum(hi, dhi)
-                if out.domain.is_integer:
-                    lo, hi = np.ceil(lo - 1e-9), np.floor(hi + 1e-9)
-                iv.b[out.name] = (lo, hi)
-            else:
-                unbounded += 1
-            if op.qualname == "tamec.Threshold" and iv.get(op.inputs[0]) is not None:
-                layers.append(threshold_report(op, iv.get(op.inputs[0]), g.values[op.inputs[0]].domain))
-        for name, (lo, hi) in iv.b.items():
-            if lo.ndim >= 1 and lo.shape[0] == 1:  # stored without the batch dim (Value.bounds)
-                g.values[name].bounds = (lo[0], hi[0])
+        layers, unbounded = propagate(g, ctx)
+        stats = {"stable_neurons": sum(r["stable"] for r in layers), "neurons": sum(r["neurons"] for r in layers),
+                 "layers": {r["op"]: {k: r[k] for k in ("neurons", "stable", "max_big_m", "can_tie")} for r in layers},
+                 "unbounded_ops": unbounded}
+        if ctx.options.get("tighten", "none") == "lp":
+            from tamec.tighten import tighten
+
+            overrides: dict = {}
+            tight = tighten(g, overrides, lambda: propagate(g, ctx, overrides),
+                            time_limit_per_lp=ctx.options.get("lp_time_limit", 5.0),
+                            max_seconds=ctx.options.get("tighten_seconds"))
+            after, _ = propagate(g, ctx, overrides)
+            for r, a, t in zip(layers, after, tight):
+                r.update({"stable_tightened": a["stable"], "max_big_m_tightened": a["max_big_m"],
+                          "lps": t.get("lps", 0), "tighten_seconds": round(t.get("seconds", 0.0), 3),
+                          "tighten_note": t.get("skipped", "")})
+            stats["stable_neurons_tightened"] = sum(a["stable"] for a in after)
         module.reports["bounds"] = layers
-        return {"stable_neurons": sum(r["stable"] for r in layers),
-                "neurons": sum(r["neurons"] for r in layers),
-                "layers": {r["op"]: {k: r[k] for k in ("neurons", "stable", "max_big_m", "can_tie")} for r in layers},
-                "unbounded_ops": unbounded}
+        return stats

@@ -35,6 +35,11 @@ def pass_table(history) -> str:
 
 
 def bounds_table(report: list[dict]) -> str:
+    if report and "stable_tightened" in report[0]:
+        rows = [[r["op"], r["neurons"], r["stable"], r["stable_tightened"], f"{r['max_big_m']:g}",
+                 f"{r['max_big_m_tightened']:g}", r["can_tie"], r["lps"], r["tighten_seconds"]] for r in report]
+        return _table(rows, ["threshold layer", "neurons", "stable (interval)", "stable (LP)", "max big-M (interval)",
+                             "max big-M (LP)", "can tie", "LPs", "LP s"])
     rows = [[r["op"], r["neurons"], r["stable"], r["unstable"], f"{r['max_big_m']:g}", r["can_tie"]] for r in report]
     return _table(rows, ["threshold layer", "neurons", "stable", "unstable", "max big-M", "can tie"])
 
@@ -44,7 +49,7 @@ def cmd_compile(a) -> int:
 
     model = a.model or tamec.default_model()
     m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
-                      stop_after=a.stop_after, check=a.check)
+                      stop_after=a.stop_after, check=a.check, tighten=a.tighten)
     print(f"compiled {model}")
     print(pass_table(m.history))
     if m.reports.get("bounds"):
@@ -134,6 +139,69 @@ def cmd_diff(a) -> int:
     return 0
 
 
+def cmd_fit_mip(a) -> int:
+    from tamec.fit import arch_from_model, fit_mip, parse_arch
+
+    arch = parse_arch(a.arch) if a.arch else None
+    if a.model:
+        found = arch_from_model(a.model)
+        if arch is not None and arch != found:
+            raise UsageError(f"--arch {a.arch} disagrees with {a.model} ({'-'.join(map(str, found))})",
+                             hint="give MODEL or --arch, not both")
+        arch = found
+        print(f"architecture {'-'.join(map(str, arch))} taken from {a.model}")
+    arch = arch or [64, 16, 10]
+    rep = fit_mip(arch, a.data, a.per_class, a.time_limit, a.seed, a.out)
+    m, g = rep.mip, rep.gradient
+    acc = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    gap = "-" if m["gap"] is None else f"{m['gap']:.1%}"
+    print(f"fit {'-'.join(map(str, arch))} on {rep.data}: {rep.examples['train']} training examples "
+          f"({rep.per_class} per class, seed {rep.seed}), {rep.examples['test']} test examples")
+    num = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
+    print(_table([["mip (HiGHS)", acc(m["train_acc"]), acc(m["test_acc"]), num(m.get("objective_recomputed")),
+                   m["status"], gap, f"{m['seconds']:.1f}"],
+                  ["gradient (STE)", acc(g["train_acc"]), acc(g["test_acc"]), num(g["hinge"]), "-", "-",
+                   f"{g['seconds']:.1f}"]],
+                 ["method", "train acc", "test acc", "train hinge", "solver status", "gap", "seconds"]))
+    print(f"mip: objective {num(m['objective'])}, bound {num(m['bound'])}, "
+          f"{m['nodes']} nodes, {m['integer_variables']} integer variables, {m['rows']} rows")
+    for note in rep.notes:
+        print("note: " + note)
+    if rep.model_path:
+        print(f"model: {rep.model_path}")
+    print(f"report: {rep.report_path}")
+    return 0
+
+
+def cmd_verify(a) -> int:
+    from tamec.verify import verify
+
+    x = _load_array(a.input)
+    res = verify(a.model, x, a.eps, norm=a.norm, label=a.label, time_limit=a.time_limit,
+                 node_limit=a.node_limit, sample=not a.no_sample)
+    if res.counterexample is not None and a.counterexample_out:
+        try:
+            np.save(a.counterexample_out, res.counterexample)
+        except OSError as e:
+            raise UsageError(f"cannot write {a.counterexample_out}: {e.strerror}") from None
+    if a.json:
+        print(json.dumps(res.to_json(), indent=2))
+        return 0
+    print(f"{res.answer}: label {res.label}, {a.norm} ball of radius {a.eps:g}"
+          + (f" -> class {res.counterexample_label}" if res.counterexample_label is not None else "")
+          + f" ({res.seconds:.2f} s)")
+    if res.per_class:
+        rows = [[e["class"], e["status"], "-" if e["objective"] is None else f"{e['objective']:.4g}",
+                 "-" if e["bound"] is None else f"{e['bound']:.4g}", e["nodes"], f"{e['seconds']:.2f}"]
+                for e in res.per_class]
+        print(_table(rows, ["class", "status", "max logit_j - logit_c", "bound", "nodes", "s"]))
+    if res.note:
+        print(res.note)
+    if res.counterexample is not None and a.counterexample_out:
+        print(f"counterexample written to {a.counterexample_out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tamec.passmanager import DEFAULT_PIPELINE
 
@@ -151,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--stop-after", metavar="PASS", help="stop the pipeline after this pass")
     c.add_argument("--check", type=int, default=0, metavar="N",
                    help="compare N probe inputs with the original model after every pass")
+    c.add_argument("--tighten", choices=["none", "lp"], default="none",
+                   help="bounds pass: also tighten pre-activation bounds by LP with dual certificates")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", help="run a model on .npy inputs", description="Compile MODEL and run it on inputs.")
@@ -170,6 +240,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("a")
     d.add_argument("b")
     d.set_defaults(fn=cmd_diff)
+
+    f = sub.add_parser("fit-mip", help="train a tiny BNN exactly by MIP, against gradient training",
+                       description="Fit an MLP BNN on a few digits per class with the training-mode MIP "
+                                   "(HiGHS) and by straight-through gradient on the same examples; write "
+                                   "model.onnx and report.json to --out.")
+    f.add_argument("model", nargs="?", help="ONNX MLP whose layer widths to use (instead of --arch)")
+    f.add_argument("--arch", metavar="64-16-10", help="layer widths (default 64-16-10)")
+    f.add_argument("--data", default="digits", help="dataset (digits: sklearn's 8x8 digits)")
+    f.add_argument("--per-class", type=int, default=5, metavar="K", help="training examples per class (default 5)")
+    f.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="solver time limit (default 60)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the example draw and the gradient baseline")
+    f.add_argument("--out", default="tamec-fit-mip", metavar="DIR", help="output folder (default tamec-fit-mip)")
+    f.set_defaults(fn=cmd_fit_mip)
+    v = sub.add_parser("verify", help="is the prediction constant over a ball around an input?",
+                       description="Answer robust, counterexample (written and checked on the network) or "
+                                   "unknown (limit hit, with the bound), with the inference MIP and HiGHS.")
+    v.add_argument("model")
+    v.add_argument("--input", required=True, metavar="X.npy", help="one input example")
+    v.add_argument("--eps", type=float, required=True, help="radius (a count of bits for --norm bits)")
+    v.add_argument("--norm", choices=["linf", "bits"], default="linf")
+    v.add_argument("--label", type=int, help="the class to hold (default: the prediction on X)")
+    v.add_argument("--time-limit", type=float, metavar="S", help="HiGHS time limit per class (seconds)")
+    v.add_argument("--node-limit", type=int, metavar="N", help="HiGHS node limit per class")
+    v.add_argument("--no-sample", action="store_true", help="skip the sampling search; answer from the MIP only")
+    v.add_argument("--json", action="store_true", help="print the answer as JSON")
+    v.add_argument("--counterexample-out", metavar="CEX.npy", help="write the counterexample here")
+    v.set_defaults(fn=cmd_verify)
     return p
 
 

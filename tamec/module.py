@@ -37,4 +37,4 @@ class Module:
 
     def copy(self) -> "Module":
         return dataclasses.replace(self, graph=self.graph.copy(), history=list(self.history),
-                                   reports=dict(self.reports))
+                                   reports=dict(self.reports), mip=None if self.mip is None else self.mip.copy())

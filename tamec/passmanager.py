@@ -69,7 +69,15 @@ class Pass:
         out = module.copy()
         stats = self.rewrite(out.graph, ctx, out) or {}
         out.properties = module.properties | self.ensures
-        return PassResult(out, not out.graph.structurally_equal(module.graph), stats)
+        return PassResult(out, not out.graph.structurally_equal(module.graph) or _mip_changed(module.mip, out.mip), stats)
+
+
+def _mip_changed(before, after) -> bool:
+    if before is None or after is None:
+        return (before is None) != (after is None)
+    from tamec.ir.text import print_mip
+
+    return print_mip(before) != print_mip(after)
 
 
 def register(cls: type[Pass]) -> type[Pass]:
@@ -85,6 +93,8 @@ def _load_passes() -> None:
     import tamec.passes.bounds  # noqa: F401
     import tamec.passes.canonicalize  # noqa: F401
     import tamec.passes.fold_thresholds  # noqa: F401
+    import tamec.passes.lower_mip  # noqa: F401
+    import tamec.passes.partition  # noqa: F401
 
 
 def get_pass(name: str) -> Pass:
@@ -282,14 +292,25 @@ def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = Non
 
 
 def _after(module: Module, name: str, k: int, print_after, dump: Path | None, out) -> None:
+    mip = getattr(module, "mip", None)
     if print_after in ("all", name):
         out.write(f"// ----- AFTER {name} -----\n{print_graph(module.graph)}")
+        if mip is not None:
+            from tamec.ir.text import print_mip
+
+            out.write(f"// ----- MIP AFTER {name} -----\n{print_mip(mip)}")
     if dump:
         from tamec.export.onnx import save_onnx
 
         stem = dump / f"{k:02d}-{name}"
         stem.with_suffix(".tir").write_text(print_graph(module.graph))
         save_onnx(module.graph, str(stem) + ".onnx")
+        if mip is not None:  # MIP-stage passes: the MIP IR as text and as the assembled MILP
+            from tamec.export.mps import write_mps
+            from tamec.ir.text import print_mip
+
+            Path(str(stem) + ".mip.tir").write_text(print_mip(mip))
+            write_mps(mip.assemble(), str(stem) + ".mps", name=name)
 
 
 def _write_stats(module: Module, dump: Path | None) -> None:

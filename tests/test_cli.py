@@ -98,3 +98,22 @@ def test_help(cmd):
     """--help works on every command."""
     r = tamec(cmd, "--help")
     assert r.returncode == 0 and "usage: tamec " + cmd in r.stdout
+
+
+def test_verify_cli(tmp_path):
+    """tamec verify answers robust for eps 0, writes and confirms a counterexample for a large
+    radius, and prints JSON on request."""
+    x = np.random.default_rng(0).uniform(0, 1, (1, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = tamec("verify", MODELS / "mlp_sign.onnx", "--input", tmp_path / "x.npy", "--eps", 0, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["answer"] == "robust"
+    cex = tmp_path / "cex.npy"
+    r = tamec("verify", MODELS / "mlp_sign.onnx", "--input", tmp_path / "x.npy", "--eps", 0.5,
+              "--counterexample-out", cex)
+    assert r.returncode == 0 and r.stdout.startswith("counterexample"), r.stdout + r.stderr
+    import tamec as tm
+
+    sess = tm.Session(str(MODELS / "mlp_sign.onnx"))
+    y0, y1 = (sess.run(None, {"x": a})[0].argmax() for a in (x, np.load(cex).reshape(1, 64)))
+    assert y0 != y1 and np.all(np.abs(np.load(cex).reshape(1, 64) - x) <= 0.5 + 1e-6)

@@ -122,6 +122,7 @@ class Value:
     domain: Domain = REAL
     const: np.ndarray | None = None
     bounds: tuple[np.ndarray, np.ndarray] | None = None
+    bounds_source: str = ""  # "interval" or "lp-tightened": where big-M values come from
 
     @property
     def is_const(self) -> bool:

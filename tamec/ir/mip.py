@@ -224,7 +224,8 @@ class Block:
     def copy(self) -> "Block":
         return dataclasses.replace(
             self, vars=[dataclasses.replace(v, lb=v.lb.copy(), ub=v.ub.copy()) for v in self.vars],
-            rows=[dataclasses.replace(r) for r in self.rows], indicators=list(self.indicators),
+            rows=[dataclasses.replace(r, A=r.A.copy(), lo=r.lo.copy(), hi=r.hi.copy()) for r in self.rows],
+            indicators=[dataclasses.replace(r, A=r.A.copy()) for r in self.indicators],
             inputs=list(self.inputs), outputs=list(self.outputs), meta=dict(self.meta))
 
 

@@ -391,3 +391,124 @@ def parse_graph(text: str) -> Graph:
     if g is None:
         raise ModelStructureError("no 'graph' statement in text", hint="fix the .tir text")
     return g
+
+
+# -- the MIP IR -----------------------------------------------------------------------------------
+#
+#   mip {
+#     input %0 = dense0.0
+#     block dense0 mode=inference ops=[op3, op4] inputs=[0] outputs=[t1] {
+#       var 0 : continuous[784] role=input encodes=%0 encoding=value bounds=[0..1] fixed=0 sha256:...
+#       rows op4 : big-m[128] nnz=100480 op=op4 origin=["Gemm_0"] big_m=interval max_m=785 sha256:...
+#       objective min nnz=0 sha256:...
+#     }
+#     link dense0.t1 -> dense1.t1
+#   }
+#
+# One line per variable group, row group and indicator group, each ending in a digest of all its
+# numbers, so a diff of two dumps names exactly the groups a pass changed. Block headers hold only
+# what the block is (mode, ops, interface), never counts derived from its rows.
+
+def _mnum(x) -> str:
+    """A number for summaries: integers without `.0`."""
+    x = float(x)
+    if math.isfinite(x) and x == round(x) and abs(x) < 1e15:
+        return str(int(x))
+    return _scalar(x)
+
+
+def _bare(s: str) -> str:
+    return s if _NAME.match(s) else json.dumps(s)
+
+
+def _digest(*arrays) -> str:
+    """sha256 prefix of the arrays' values (floats as float64 with -0.0 made 0.0, ints as int64)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(a)
+        a = (a.astype(np.float64) + 0.0) if a.dtype.kind == "f" else a.astype(np.int64)
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return "sha256:" + h.hexdigest()[:12]
+
+
+def _csr_arrays(A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr, indices, data) of A in canonical form: duplicates summed, zeros dropped, sorted."""
+    import scipy.sparse as sp
+
+    A = sp.csr_matrix(A, dtype=np.float64, copy=True)
+    A.sum_duplicates()
+    A.eliminate_zeros()
+    A.sort_indices()
+    return A.indptr, A.indices, A.data
+
+
+def _origin(origin) -> str:
+    return "[" + ", ".join(json.dumps(str(o)) for o in origin) + "]"
+
+
+def _var_line(v) -> str:
+    shape = ",".join(str(int(d)) for d in v.shape)
+    bounds = f"[{_mnum(np.min(v.lb))}..{_mnum(np.max(v.ub))}]" if v.size else "[]"
+    fixed = int(np.count_nonzero(v.lb == v.ub))
+    enc = f" encodes={_name(v.encodes)}" if v.encodes else ""
+    return (f"var {_bare(v.name)} : {v.kind}[{shape}] role={v.role}{enc} encoding={v.encoding} "
+            f"bounds={bounds} fixed={fixed} {_digest(v.lb, v.ub)}")
+
+
+def _rows_line(r) -> str:
+    ptr, idx, data = _csr_arrays(r.A)
+    s = f"rows {_bare(r.name)} : {r.kind}[{r.size}] nnz={data.size} op={_bare(r.op) if r.op else '-'}"
+    s += f" origin={_origin(r.origin)}"
+    if r.big_m:
+        s += f" big_m={_bare(r.big_m)}"
+    if r.m is not None and np.size(r.m):
+        s += f" max_m={_mnum(np.max(r.m))}"
+    return f"{s} {_digest(ptr, idx, data, r.lo, r.hi, np.asarray([] if r.m is None else r.m, np.float64))}"
+
+
+def _ind_line(r) -> str:
+    ptr, idx, data = _csr_arrays(r.A)
+    on = np.unique(np.asarray(r.var)).size
+    return (f"ind {_bare(r.name)} : indicator[{r.size}] nnz={data.size} switches={on} "
+            f"op={_bare(r.op) if r.op else '-'} origin={_origin(r.origin)} "
+            f"{_digest(r.var, r.value, ptr, idx, data, r.lo, r.hi)}")
+
+
+def _objective_line(b) -> str:
+    if b.c is None:
+        return "objective none"
+    c = np.asarray(b.c, np.float64)
+    nz = c[c != 0]
+    rng = f" c=[{_mnum(nz.min())}..{_mnum(nz.max())}]" if nz.size else ""
+    return f"objective {b.sense} nnz={nz.size}{rng} {_digest(c)}"
+
+
+def _interface(meta: dict, key: str) -> list[str]:
+    items = meta.get(key)
+    if not isinstance(items, dict):
+        return []
+    out = []
+    for name, places in items.items():
+        where = ", ".join(f"{_bare(str(b))}.{_bare(str(g))}" for b, g in places)
+        out.append(f"  {key[:-1]} {_name(str(name))} = {where}")
+    return out
+
+
+def print_mip(mod) -> str:
+    """The text form of a `tamec.ir.mip.MipModule`: stable, one line per group, diffable."""
+    lines = ["mip {"]
+    lines += _interface(mod.meta, "inputs") + _interface(mod.meta, "outputs")
+    for b in mod.blocks:
+        lines.append(f"  block {_bare(b.name)} mode={b.mode} ops=[{', '.join(_bare(o) for o in b.ops)}] "
+                     f"inputs=[{', '.join(_bare(g) for g in b.inputs)}] "
+                     f"outputs=[{', '.join(_bare(g) for g in b.outputs)}] {{")
+        lines += ["    " + _var_line(v) for v in b.vars]
+        lines += ["    " + _rows_line(r) for r in b.rows]
+        lines += ["    " + _ind_line(r) for r in b.indicators]
+        lines.append("    " + _objective_line(b))
+        lines.append("  }")
+    for ln in mod.links:
+        lines.append(f"  link {_bare(ln.src)}.{_bare(ln.src_group)} -> {_bare(ln.dst)}.{_bare(ln.dst_group)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,216 @@
+"""Robustness verification: is the network's prediction constant over a ball around an input?
+
+The question is answered exactly with the inference MIP: for the predicted class c and every
+other class j, maximize logit_j - logit_c over the ball. Answers:
+  robust          every maximum (or HiGHS's dual bound, when a limit stopped it) is below the
+                  argmax tie-break line (j < c needs logit_j < logit_c; j > c allows equality);
+  counterexample  a point of the ball where another class wins; tamec runs the network on it
+                  (reference evaluator) before saying so, and writes it;
+  unknown         a time or node limit was hit with a bound that proves nothing, or the MIP's
+                  float64 optimum lies within `margin_tol` of the line and the network disagrees.
+The interval bounds are recomputed on the ball itself, so neurons the ball cannot flip are
+stable and carry no big-M rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from tamec.errors import TamecError, UsageError
+from tamec.ir.mip import Milp
+
+NORMS = ("linf", "bits")
+
+
+@dataclass
+class VerifyResult:
+    answer: str
+    label: int
+    eps: float
+    norm: str
+    counterexample: np.ndarray | None = None
+    counterexample_label: int | None = None
+    per_class: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return {"answer": self.answer, "label": self.label, "eps": self.eps, "norm": self.norm,
+                "counterexample_label": self.counterexample_label, "per_class": self.per_class,
+                "seconds": self.seconds, "note": self.note}
+
+
+def _add_rows(p: Milp, A: sp.spmatrix, lo, hi, name: str) -> Milp:
+    A = sp.csr_matrix(A, shape=(A.shape[0], p.A.shape[1]))
+    return dataclasses.replace(p, A=sp.vstack([p.A, A]).tocsr(), lo=np.r_[p.lo, lo], hi=np.r_[p.hi, hi],
+                               row_names=p.row_names + [f"{name}.{i}" for i in range(A.shape[0])])
+
+
+def encode_solution(mip, p: Milp, values: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The MIP point of a network evaluation (`values` from Evaluator.run(keep_all=True), one
+    example), or None when some variable encodes no evaluated tensor."""
+    from tamec.lower.inference import encode_value
+
+    x = np.full(p.A.shape[1], np.nan)
+    for b in mip.blocks:
+        for grp in b.vars:
+            if grp.encodes in values:
+                try:
+                    x[p.col(b.name, grp.name)] = encode_value(grp, np.asarray(values[grp.encodes])[0])
+                except TamecError:
+                    return None
+    return None if np.isnan(x).any() else x
+
+
+def attack(ev, inp: str, out: str, x: np.ndarray, box, eps: float, norm: str, label: int, shape,
+           n: int = 64, seed: int = 0) -> np.ndarray | None:
+    """Cheap search before the MIP: random corners of the ball (or random bit flips); returns a
+    point the network classifies differently, checked by running it."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        if norm == "bits":
+            k = int(min(eps, x.size))
+            xc = x.copy().reshape(-1)
+            idx = rng.choice(x.size, size=k, replace=False)
+            lo, hi = box[0].reshape(-1)[idx], box[1].reshape(-1)[idx]
+            xc[idx] = np.where(xc[idx] == lo, hi, lo)
+            xc = xc.reshape(x.shape)
+        else:
+            xc = np.where(rng.random(x.shape) < 0.5, box[0], box[1])
+        xc = xc.astype(x.dtype)
+        if int(np.argmax(ev.run({inp: xc.reshape(shape)})[out].reshape(-1))) != label:
+            return xc
+    return None
+
+
+def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int | None = None,
+           time_limit: float | None = None, node_limit: int | None = None,
+           margin_tol: float = 1e-6, sample: bool = True) -> VerifyResult:
+    """Decide whether the prediction of `model` (path, bytes, ModelProto) is constant over the
+    `norm` ball of radius `eps` around the single input `x` (with or without its batch dim).
+    `sample=False` skips the sampling search, so every answer comes from the MIP."""
+    import tamec
+    from tamec.evaluator import Evaluator
+    from tamec.lower.inference import decode, lower_inference
+    from tamec.solve import solve
+
+    t0 = time.perf_counter()
+    if norm not in NORMS:
+        raise UsageError(f"unknown norm {norm!r}", hint="use linf or bits")
+    if not np.isfinite(eps) or eps < 0:
+        raise UsageError(f"eps must be a finite number >= 0, got {eps}")
+    base = tamec.load(model)
+    g0 = base.graph
+    if len(g0.inputs) != 1:
+        raise UsageError(f"verify needs a model with one input, this one has {g0.inputs}")
+    (inp,) = g0.inputs
+    v = g0.values[inp]
+    shape = tuple(d if isinstance(d, int) else 1 for d in (v.shape or ()))
+    x = np.asarray(x)
+    if x.size != int(np.prod(shape[1:], dtype=np.int64)):
+        raise UsageError(f"input has {x.size} elements, the model's input {inp!r} wants shape {list(shape)}",
+                         hint="pass one example, e.g. X of shape " + str(list(shape)))
+    if x.dtype.kind != "f" or not np.all(np.isfinite(x)):
+        raise UsageError("the input must be a finite float array")
+    x = x.reshape(shape[1:]).astype(v.dtype)
+    from tamec.passmanager import PassContext, input_box, run_pipeline
+
+    lo_dom, hi_dom = input_box(inp, v, PassContext())
+    if np.any(x < lo_dom) or np.any(x > hi_dom):
+        raise UsageError(f"the input lies outside the model's input box [{lo_dom}, {hi_dom}]")
+    if norm == "bits":
+        if not np.all(np.isin(x, (lo_dom, hi_dom))):
+            raise UsageError("--norm bits needs a binary input (every element at an end of the input box)",
+                             hint="use --norm linf for real-valued inputs")
+        box = (np.full(x.shape, lo_dom), np.full(x.shape, hi_dom))
+    else:
+        box = (np.maximum(x - eps, lo_dom), np.minimum(x + eps, hi_dom))
+    mod = run_pipeline(base, None, ctx=PassContext(input_bounds={inp: box}))
+    g = mod.graph
+    ev = Evaluator(g)
+    feeds = {inp: x.reshape(shape)}
+    logits = ev.run(feeds)[g.outputs[0]].reshape(-1)
+    pred = int(np.argmax(logits))
+    res = VerifyResult("robust", pred if label is None else int(label), float(eps), norm)
+    if label is not None and int(label) != pred:
+        res.answer, res.counterexample, res.counterexample_label = "counterexample", x.reshape(shape), pred
+        res.note = "the input itself is classified differently"
+        res.seconds = time.perf_counter() - t0
+        return res
+    c = res.label
+    found = attack(ev, inp, g.outputs[0], x, box, eps, norm, c, shape) if sample else None
+    if found is not None:
+        res.answer, res.counterexample = "counterexample", found.reshape(shape)
+        res.counterexample_label = int(np.argmax(ev.run({inp: found.reshape(shape)})[g.outputs[0]].reshape(-1)))
+        res.note = "found by sampling the ball before the MIP; confirmed on the network"
+        res.seconds = time.perf_counter() - t0
+        return res
+    # no gap at strict thresholds: the MIP may then over-approximate at exact real ties, the safe
+    # side for a proof; every counterexample is confirmed on the network anyway
+    mip = lower_inference(g, eps=0.0, rel_eps=0.0)
+    p = mip.assemble()
+    (blk, grp), = mip.meta["inputs"][inp][:1]
+    cols = p.col(blk, grp)
+    enc = mip.block(blk).group(grp).encoding
+    if norm == "bits":
+        # integral inputs: each element at one end of the box; Hamming distance <= eps
+        p = dataclasses.replace(p, integrality=p.integrality.copy())
+        if enc != "value":
+            raise UsageError("--norm bits on a non-real input encoding is not supported")
+        z = (x.reshape(-1) - lo_dom) / (hi_dom - lo_dom)  # 0/1
+        p.integrality[cols] = 1
+        lb, ub = p.lb.copy(), p.ub.copy()
+        lb[cols], ub[cols] = lo_dom, hi_dom
+        p = dataclasses.replace(p, lb=lb, ub=ub)
+        # t = (x - lo)/(hi - lo) in {0,1}: flipped = sum_{z=0} t + sum_{z=1} (1 - t)
+        coef = np.where(z == 0, 1.0, -1.0) / (hi_dom - lo_dom)
+        rhs = eps - z.sum() - float(np.sum(np.where(z == 0, -lo_dom, lo_dom) / (hi_dom - lo_dom)))
+        row = sp.csr_matrix((coef, (np.zeros(cols.size, int), cols)), shape=(1, p.A.shape[1]))
+        p = _add_rows(p, row, -np.inf, rhs, "ball.bits")
+    else:
+        lb, ub = p.lb.copy(), p.ub.copy()
+        lb[cols] = np.maximum(lb[cols], box[0].reshape(-1))
+        ub[cols] = np.minimum(ub[cols], box[1].reshape(-1))
+        p = dataclasses.replace(p, lb=lb, ub=ub)
+    start = encode_solution(mip, p, ev.run(feeds, keep_all=True))
+    (oblk, ogrp), = mip.meta["outputs"][g.outputs[0]][:1]
+    ocols = p.col(oblk, ogrp)
+    for j in range(len(logits)):
+        if j == c:
+            continue
+        obj = np.zeros(p.A.shape[1])
+        obj[ocols[j]], obj[ocols[c]] = 1.0, -1.0
+        sol = solve(p, time_limit=time_limit, node_limit=node_limit, c=obj, sense="max", start=start)
+        line = 0.0  # j beats c when logit_j - logit_c > 0, or == 0 with j < c
+        entry = {"class": j, **sol.to_json()}
+        res.per_class.append(entry)
+        if sol.status == "infeasible":
+            res.answer, res.note = "unknown", "the MIP of the ball is infeasible: a lowering bug or a numeric issue"
+            break
+        proven = sol.bound is not None and (sol.bound < line - margin_tol or (j > c and sol.bound <= line))
+        if proven:
+            continue
+        if sol.x is not None and sol.objective is not None and sol.objective >= line - margin_tol:
+            xc = decode(mip, p, sol.x)[inp].reshape(shape).astype(v.dtype)
+            yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+            if int(np.argmax(yc)) != c and _in_ball(xc.reshape(x.shape), x, eps, norm, box):
+                res.answer, res.counterexample, res.counterexample_label = "counterexample", xc, int(np.argmax(yc))
+                entry["confirmed"] = True
+                break
+            entry["confirmed"] = False
+        res.answer = "unknown"
+        res.note = (res.note or "") + f" class {j}: {sol.status}, bound {sol.bound};"
+    res.seconds = time.perf_counter() - t0
+    if res.answer == "unknown" and res.counterexample is None:
+        res.note = res.note.strip()
+    return res
+
+
+def _in_ball(xc, x, eps, norm, box) -> bool:
+    if norm == "bits":
+        return bool(np.sum(xc != x) <= eps + 1e-9)
+    return bool(np.all(xc >= box[0] - 1e-6) and np.all(xc <= box[1] + 1e-6))
