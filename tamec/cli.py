@@ -151,7 +151,7 @@ def cmd_fit_mip(a) -> int:
         arch = found
         print(f"architecture {'-'.join(map(str, arch))} taken from {a.model}")
     arch = arch or [64, 16, 10]
-    rep = fit_mip(arch, a.data, a.per_class, a.time_limit, a.seed, a.out)
+    rep = fit_mip(arch, a.data, a.per_class, a.time_limit, a.seed, a.out, warm_start=a.warm_start)
     m, g = rep.mip, rep.gradient
     acc = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     gap = "-" if m["gap"] is None else f"{m['gap']:.1%}"
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="solver time limit (default 60)")
     f.add_argument("--seed", type=int, default=0, help="seed of the example draw and the gradient baseline")
     f.add_argument("--out", default="tamec-fit-mip", metavar="DIR", help="output folder (default tamec-fit-mip)")
+    f.add_argument("--warm-start", choices=["none", "gradient"], default="none",
+                   help="give HiGHS the gradient-trained network as its first incumbent (default none)")
     f.set_defaults(fn=cmd_fit_mip)
     v = sub.add_parser("verify", help="is the prediction constant over a ball around an input?",
                        description="Answer robust, counterexample (written and checked on the network) or "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tamec.errors import CheckMismatchError, UsageError
-from tamec.lower.training import binarize_inputs, decode_weights, forward, hinge, lower_training
+from tamec.lower.training import binarize_inputs, decode_weights, encode_solution, forward, hinge, lower_training
 
 DATASETS = ("digits",)
 SPLIT = "sklearn train_test_split(test_size=0.3, stratify=y, random_state=0)"
@@ -256,15 +257,18 @@ def _acc(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 60, seed: int = 0,
-            out_dir=None, *, margin: float = 1.0, epochs: int = 400) -> FitReport:
+            out_dir=None, *, margin: float = 1.0, epochs: int = 400, warm_start: str = "none") -> FitReport:
     """Fit `arch` on `per_class` digits per class by the training MIP (HiGHS, `time_limit` seconds)
-    and by gradient; write model.onnx and report.json to `out_dir` (if given); see the module doc."""
+    and by gradient; write model.onnx and report.json to `out_dir` (if given); see the module doc.
+    `warm_start="gradient"` hands HiGHS the gradient-trained network as its first incumbent (the
+    MIP is then built without symmetry breaking, so that network is feasible): the MIP can only
+    improve its training hinge loss."""
     from tamec.solve import solve
 
     arch = parse_arch(arch)
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
         raise UsageError(f"per-class {per_class!r}", hint="give at least 1 example per class")
-    if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0):
+    if isinstance(time_limit, bool) or not isinstance(time_limit, numbers.Real) or not 0 < time_limit < math.inf:
         raise UsageError(f"time limit {time_limit!r}", hint="give a positive number of seconds")
     out = _out_dir(out_dir)
     xtr_all, xte, ytr_all, yte = load_data(data)
@@ -276,18 +280,27 @@ def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 
     x, y = xtr_all[idx], ytr_all[idx]
     notes = []
 
+    if warm_start not in ("none", "gradient"):
+        raise UsageError(f"warm start {warm_start!r}", hint="use none or gradient")
     t0 = time.perf_counter()
-    mod, layout = lower_training(arch, x, y, margin=margin)
+    gparams = train_gradient(arch, x, y, seed=seed, epochs=epochs)
+    gsec = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mod, layout = lower_training(arch, x, y, margin=margin, symmetry_breaking=warm_start == "none")
     milp = mod.assemble()
     build = time.perf_counter() - t0
-    sol = solve(milp, time_limit=float(time_limit))
+    start = encode_solution(layout, milp, gparams) if warm_start == "gradient" else None
+    sol = solve(milp, time_limit=float(time_limit), start=start)
     n_int = int(milp.integrality.sum())
-    mip = sol.to_json() | {"build_seconds": build, "variables": int(milp.shape[1]), "integer_variables": n_int,
+    mip = sol.to_json() | {"warm_start": warm_start, "build_seconds": build, "variables": int(milp.shape[1]),
+                           "integer_variables": n_int,
                            "rows": int(milp.shape[0]), "margin": margin, "train_acc": None, "test_acc": None}
     model_path = None
     if sol.x is None:
+        old = out is not None and (out / "model.onnx").exists()
+        stale = " (the model.onnx already there is from an earlier run)" if old else ""
         notes.append(f"no solution within the time limit ({time_limit:g} s, solver status {sol.status}): "
-                     "no model written")
+                     f"no model written{stale}")
     else:
         if sol.status == "limit":
             notes.append(f"solver stopped at its limit: the best incumbent is used (gap {_fmt(sol.gap)})")
@@ -314,9 +327,6 @@ def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 
         mip["weights"] = [{"W": W.tolist(), "tau": None if tau is None else tau.tolist()} for W, tau in params]
         model_path = str(path) if out else None
 
-    t0 = time.perf_counter()
-    gparams = train_gradient(arch, x, y, seed=seed, epochs=epochs)
-    gsec = time.perf_counter() - t0
     gscores = forward(gparams, x)[1]
     gradient = {"method": "straight-through (hardtanh) + Adam, cross-entropy", "epochs": epochs, "seconds": gsec,
                 "train_acc": _acc(gscores, y), "test_acc": _acc(forward(gparams, xte)[1], yte),

@@ -58,15 +58,16 @@ class LpRelaxation:
                          A_eq=self.A_eq if self.A_eq.shape[0] else None,
                          b_eq=self.b_eq if self.A_eq.shape[0] else None,
                          bounds=self.bounds, method="highs", options=opts)
-        if getattr(res, "ineqlin", None) is None and getattr(res, "eqlin", None) is None:
-            return -np.inf
+        eq = getattr(getattr(res, "eqlin", None), "marginals", None)
+        ub = getattr(getattr(res, "ineqlin", None), "marginals", None)
+        if (self.A_eq.shape[0] and eq is None) or (self.A_ub.shape[0] and ub is None):
+            return -np.inf  # stopped before HiGHS had multipliers: no certificate, no tightening
         y = np.zeros(self.p.A.shape[0])
-        if self.A_eq.shape[0] and res.eqlin is not None:
-            y[self.eq] = res.eqlin.marginals
-        if self.A_ub.shape[0] and res.ineqlin is not None:
-            mu = res.ineqlin.marginals
-            y[self.up] += mu[:self.up.size]
-            y[self.dn] -= mu[self.up.size:]
+        if self.A_eq.shape[0]:
+            y[self.eq] = eq
+        if self.A_ub.shape[0]:
+            y[self.up] += ub[:self.up.size]
+            y[self.dn] -= ub[self.up.size:]
         return dual_bound(self.p, c, y)
 
 
@@ -104,6 +105,9 @@ def tighten(g: Graph, overrides: dict, repropagate, *, time_limit_per_lp: float 
         lo, hi = lo0.reshape(-1).copy(), hi0.reshape(-1).copy()
         unstable = ~((lo > tau) | (hi < tau) | ~np.isfinite(tau))
         for j in np.flatnonzero(unstable):
+            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                rep["skipped"] = f"time budget spent after {rep['lps'] // 2} of {int(unstable.sum())} neurons"
+                break
             c = np.zeros(p.A.shape[1])
             c[cols[j]] = 1.0
             lo[j] = max(lo[j], lp.min_bound(c, time_limit_per_lp))
