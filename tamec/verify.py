@@ -87,6 +87,33 @@ def attack(ev, inp: str, out: str, x: np.ndarray, box, eps: float, norm: str, la
     return None
 
 
+def _ball_milp(g, mip, inp, x, box, eps, norm, lo_dom, hi_dom) -> Milp:
+    """The assembled MIP of `mip` with its input restricted to the ball."""
+    p = mip.assemble()
+    (blk, grp), = mip.meta["inputs"][inp][:1]
+    cols = p.col(blk, grp)
+    enc = mip.block(blk).group(grp).encoding
+    if norm == "bits":
+        # integral inputs: each element at one end of the box; Hamming distance <= eps
+        if enc != "value":
+            raise UsageError("--norm bits on a non-real input encoding is not supported")
+        z = (x.reshape(-1) - lo_dom) / (hi_dom - lo_dom)  # 0/1
+        integ = p.integrality.copy()
+        integ[cols] = 1
+        lb, ub = p.lb.copy(), p.ub.copy()
+        lb[cols], ub[cols] = lo_dom, hi_dom
+        p = dataclasses.replace(p, lb=lb, ub=ub, integrality=integ)
+        # t = (x - lo)/(hi - lo) in {0,1}: flipped = sum_{z=0} t + sum_{z=1} (1 - t)
+        coef = np.where(z == 0, 1.0, -1.0) / (hi_dom - lo_dom)
+        rhs = eps - z.sum() - float(np.sum(np.where(z == 0, -lo_dom, lo_dom) / (hi_dom - lo_dom)))
+        row = sp.csr_matrix((coef, (np.zeros(cols.size, int), cols)), shape=(1, p.A.shape[1]))
+        return _add_rows(p, row, -np.inf, rhs, "ball.bits")
+    lb, ub = p.lb.copy(), p.ub.copy()
+    lb[cols] = np.maximum(lb[cols], box[0].reshape(-1))
+    ub[cols] = np.minimum(ub[cols], box[1].reshape(-1))
+    return dataclasses.replace(p, lb=lb, ub=ub)
+
+
 def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int | None = None,
            time_limit: float | None = None, node_limit: int | None = None,
            margin_tol: float = 1e-6, sample: bool = True) -> VerifyResult:
@@ -149,33 +176,12 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
         res.note = "found by sampling the ball before the MIP; confirmed on the network"
         res.seconds = time.perf_counter() - t0
         return res
-    # no gap at strict thresholds: the MIP may then over-approximate at exact real ties, the safe
-    # side for a proof; every counterexample is confirmed on the network anyway
+    # proofs use the MIP with no gap at strict thresholds: at exact real ties it over-approximates
+    # the network, the safe side; candidate counterexamples it finds at such ties are re-solved
+    # on the strict MIP (gap eps) whose points the network realizes, and always run on the network
     mip = lower_inference(g, eps=0.0, rel_eps=0.0)
-    p = mip.assemble()
-    (blk, grp), = mip.meta["inputs"][inp][:1]
-    cols = p.col(blk, grp)
-    enc = mip.block(blk).group(grp).encoding
-    if norm == "bits":
-        # integral inputs: each element at one end of the box; Hamming distance <= eps
-        p = dataclasses.replace(p, integrality=p.integrality.copy())
-        if enc != "value":
-            raise UsageError("--norm bits on a non-real input encoding is not supported")
-        z = (x.reshape(-1) - lo_dom) / (hi_dom - lo_dom)  # 0/1
-        p.integrality[cols] = 1
-        lb, ub = p.lb.copy(), p.ub.copy()
-        lb[cols], ub[cols] = lo_dom, hi_dom
-        p = dataclasses.replace(p, lb=lb, ub=ub)
-        # t = (x - lo)/(hi - lo) in {0,1}: flipped = sum_{z=0} t + sum_{z=1} (1 - t)
-        coef = np.where(z == 0, 1.0, -1.0) / (hi_dom - lo_dom)
-        rhs = eps - z.sum() - float(np.sum(np.where(z == 0, -lo_dom, lo_dom) / (hi_dom - lo_dom)))
-        row = sp.csr_matrix((coef, (np.zeros(cols.size, int), cols)), shape=(1, p.A.shape[1]))
-        p = _add_rows(p, row, -np.inf, rhs, "ball.bits")
-    else:
-        lb, ub = p.lb.copy(), p.ub.copy()
-        lb[cols] = np.maximum(lb[cols], box[0].reshape(-1))
-        ub[cols] = np.minimum(ub[cols], box[1].reshape(-1))
-        p = dataclasses.replace(p, lb=lb, ub=ub)
+    p = _ball_milp(g, mip, inp, x, box, eps, norm, lo_dom, hi_dom)
+    strict = None
     start = encode_solution(mip, p, ev.run(feeds, keep_all=True))
     (oblk, ogrp), = mip.meta["outputs"][g.outputs[0]][:1]
     ocols = p.col(oblk, ogrp)
@@ -197,6 +203,16 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
         if sol.x is not None and sol.objective is not None and sol.objective >= line - margin_tol:
             xc = decode(mip, p, sol.x)[inp].reshape(shape).astype(v.dtype)
             yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+            if int(np.argmax(yc)) == c:  # a tie artefact of the relaxed MIP: ask the strict one
+                if strict is None:
+                    smip = lower_inference(g)
+                    strict = (smip, _ball_milp(g, smip, inp, x, box, eps, norm, lo_dom, hi_dom))
+                smip, sp_ = strict
+                ssol = solve(sp_, time_limit=time_limit, node_limit=node_limit, c=obj, sense="max")
+                entry["strict"] = ssol.to_json()
+                if ssol.x is not None and ssol.objective is not None and ssol.objective >= line - margin_tol:
+                    xc = decode(smip, sp_, ssol.x)[inp].reshape(shape).astype(v.dtype)
+                    yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
             if int(np.argmax(yc)) != c and _in_ball(xc.reshape(x.shape), x, eps, norm, box):
                 res.answer, res.counterexample, res.counterexample_label = "counterexample", xc, int(np.argmax(yc))
                 entry["confirmed"] = True
