@@ -52,6 +52,8 @@ class LowerMip(Pass):
         else:
             raise UsageError(f"unknown lowering mode {mode!r}", hint="use 'inference' or 'training'")
         verify_mip(mip)
+        if mode == "inference" and ctx.options.get("feasibility_check", True):
+            _check_feasible(mip, module.source)
         module.mip = mip
         table = [block_stats(b) for b in mip.blocks]
         module.reports["lower-mip"] = table
@@ -60,6 +62,22 @@ class LowerMip(Pass):
                 "max_m": max([r["max_m"] for r in table], default=0.0),
                 "seconds": round(time.perf_counter() - t0, 4),
                 "per_block": {r["block"]: {k: v for k, v in r.items() if k != "block"} for r in table}}
+
+
+def _check_feasible(mip, source) -> None:
+    """The network computes something for every input in its box, so an infeasible LP relaxation
+    is a broken model or bounds: say which row groups (and graph ops) conflict."""
+    from tamec.errors import ModelStructureError
+    from tamec.solve import infeasible_row_groups, solve
+
+    p = mip.assemble()
+    if solve(p, relax=True, c=np.zeros(p.A.shape[1])).status != "infeasible":
+        return
+    rows = infeasible_row_groups(mip)
+    raise ModelStructureError("the inference MIP is infeasible; conflicting rows: "
+                              + "; ".join(f"{b}/{r} (op {op})" for b, r, op in rows),
+                              file=source, node=rows[0][2] if rows else None,
+                              hint="check the input bounds and the bounds pass report")
 
 
 def mlp_arch(g) -> list[int]:

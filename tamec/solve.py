@@ -144,3 +144,28 @@ def solve(p: Milp, *, time_limit: float | None = None, node_limit: int | None = 
     if status == "optimal" and bound is None:
         bound = obj
     return Solution(status, x, obj, bound, gap, nodes, h.modelStatusToString(ms), time.perf_counter() - t0)
+
+
+def infeasible_row_groups(mod, relax: bool = True) -> list[tuple[str, str, str]]:
+    """A minimal set of (block, row group, op) that together are infeasible (a deletion filter
+    over row groups; the LP relaxation by default), or [] when the module is feasible."""
+    from tamec.ir.mip import MipModule
+
+    def feasible(keep: list[tuple[int, int]]) -> bool:
+        blocks = []
+        for bi, b in enumerate(mod.blocks):
+            nb = b.copy()
+            nb.rows = [r for ri, r in enumerate(b.rows) if (bi, ri) in keep]
+            nb.c = None
+            blocks.append(nb)
+        p = MipModule(blocks, mod.links, mod.meta).assemble()
+        return solve(p, relax=relax, c=np.zeros(p.A.shape[1])).status != "infeasible"
+
+    keep = [(bi, ri) for bi, b in enumerate(mod.blocks) for ri in range(len(b.rows))]
+    if feasible(keep):
+        return []
+    for item in list(keep):
+        trial = [k for k in keep if k != item]
+        if not feasible(trial):
+            keep = trial
+    return [(mod.blocks[bi].name, mod.blocks[bi].rows[ri].name, mod.blocks[bi].rows[ri].op) for bi, ri in keep]

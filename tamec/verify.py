@@ -195,7 +195,12 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
         entry = {"class": j, **sol.to_json()}
         res.per_class.append(entry)
         if sol.status == "infeasible":
-            res.answer, res.note = "unknown", "the MIP of the ball is infeasible: a lowering bug or a numeric issue"
+            from tamec.solve import infeasible_row_groups
+
+            rows = infeasible_row_groups(mip)
+            res.answer = "unknown"
+            res.note = ("the MIP of the ball is infeasible (a lowering bug or a numeric issue); conflicting rows: "
+                        + "; ".join(f"{b}/{r} (op {op})" for b, r, op in rows))
             break
         proven = sol.bound is not None and (sol.bound < line - margin_tol or (j > c and sol.bound <= line))
         if proven:

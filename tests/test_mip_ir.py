@@ -402,3 +402,21 @@ def test_pass_manager_dumps_mip(tmp_path):
     h.run()
     ref = solve(module.mip.assemble())
     assert ref.ok and h.getInfo().objective_function_value == pytest.approx(ref.objective, abs=1e-6)
+
+
+def test_infeasible_rows_are_named():
+    """An infeasible module is explained by a minimal set of row groups, each named with its op."""
+    import scipy.sparse as sp
+
+    from tamec.ir.mip import Block, MipModule, VarGroup
+    from tamec.solve import infeasible_row_groups
+
+    b = Block("b")
+    b.add_vars(VarGroup("x", (2,), "continuous", 0, 10))
+    b.add_rows("sum_ge", {"x": sp.csr_matrix(np.ones((1, 2)))}, 15, np.inf, op="opA")
+    b.add_rows("x0_le", {"x": sp.csr_matrix(np.array([[1.0, 0.0]]))}, -np.inf, 4, op="opB")
+    b.add_rows("harmless", {"x": sp.csr_matrix(np.array([[0.0, 1.0]]))}, -np.inf, 100, op="opC")
+    rows = infeasible_row_groups(MipModule([b]))
+    assert sorted(r for _, r, _ in rows) == ["sum_ge", "x0_le"]
+    b.rows[1].hi[:] = 6
+    assert infeasible_row_groups(MipModule([b])) == []
