@@ -158,7 +158,8 @@ def cmd_fit_mip(a) -> int:
     print(f"fit {'-'.join(map(str, arch))} on {rep.data}: {rep.examples['train']} training examples "
           f"({rep.per_class} per class, seed {rep.seed}), {rep.examples['test']} test examples")
     num = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-    print(_table([["mip (HiGHS)" if a.warm_start == "none" else "mip (HiGHS, from gradient)", acc(m["train_acc"]), acc(m["test_acc"]), num(m.get("objective_recomputed")),
+    label = "mip (HiGHS)" if a.warm_start == "none" else "mip (HiGHS, from gradient)"
+    print(_table([[label, acc(m["train_acc"]), acc(m["test_acc"]), num(m.get("objective_recomputed")),
                    m["status"], gap, f"{m['seconds']:.1f}"],
                   ["gradient (STE)", acc(g["train_acc"]), acc(g["test_acc"]), num(g["hinge"]), "-", "-",
                    f"{g['seconds']:.1f}"]],
