@@ -40,13 +40,14 @@ def scalar(g: Graph, name: str) -> float | None:
     return float(c.reshape(-1)[0]) if c is not None and c.size == 1 else None
 
 
-def is_static(g: Graph, name: str) -> bool:
+def is_static(g: Graph, name: str, _memo: dict | None = None) -> bool:
     """True when `name` is computed from constants only (a weight behind its quantizer)."""
-    v = g.values[name]
-    if v.const is not None:
-        return True
-    p = g.producer(name)
-    return p is not None and all(not i or is_static(g, i) for i in p.inputs)
+    memo = {} if _memo is None else _memo
+    if name not in memo:
+        p = g.producer(name)
+        memo[name] = g.values[name].const is not None or (
+            p is not None and all(not i or is_static(g, i, memo) for i in p.inputs))
+    return memo[name]
 
 
 def make_threshold(g: Graph, old: Op, x: str, *, tau, lo, hi, tie, axis=1, flip=None,
