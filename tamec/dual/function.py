@@ -91,7 +91,9 @@ class Problem:
                     self.integrality.copy(), [f"x{j}" for j in range(self.n)], [f"r{i}" for i in range(self.m)], {})
 
     def value(self, d=None) -> float:
-        """z(d) by an exact HiGHS MILP solve (relative and absolute gap tolerances 0): +inf if
+        """z(d) by an exact HiGHS MILP solve: gap tolerances 0, integrality tolerance 1e-9, and the
+        answer polished (integer columns rounded and fixed, the continuous part re-solved as an LP)
+        so that HiGHS's tolerances never report a value below the true minimum. +inf if
         infeasible, -inf if unbounded; a solver limit is an error, never a guess."""
         import highspy
 
@@ -101,10 +103,21 @@ class Problem:
         h = _highs_model(p, p.c, p.integrality, "min")
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 0.0)
+        h.setOptionValue("mip_feasibility_tolerance", 1e-9)
         h.run()
         ms = h.getModelStatus()
         if ms == highspy.HighsModelStatus.kOptimal:
-            return float(h.getInfo().objective_function_value)
+            value = float(h.getInfo().objective_function_value)
+            if not self.integrality.any():
+                return value
+            x = np.array(h.getSolution().col_value)
+            I = self.integrality
+            lb, ub = p.lb.copy(), p.ub.copy()
+            lb[I] = ub[I] = np.round(x[I])
+            from tamec.dual.lp import LPSolver
+
+            res = LPSolver(self).solve(p.lo, lb, ub)
+            return float(res.value) if res.status == "optimal" else value
         s = solve(p)  # sorts out infeasible / unbounded / unbounded-or-infeasible
         if s.status == "infeasible":
             return np.inf
