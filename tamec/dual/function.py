@@ -210,10 +210,20 @@ class DualFunction:
 
 
 def dual_function(c, A, b, integrality, lb=None, ub=None, constraint: str = "==", method: str = "lp",
-                  **limits) -> DualFunction:
+                  certify: bool = True, **limits) -> DualFunction:
     """A dual function of `min c x : A x (constraint) d, lb <= x <= ub, x_I integer` at d = b,
-    built by `method` ("lp", "bb" with depth=/max_nodes=, "chvatal" with max_cuts=/max_rounds=)."""
-    problem = Problem.build(c, A, b, integrality, lb, ub, constraint)
+    built by `method` ("lp", "bb" with depth=/max_nodes=, "chvatal" with max_cuts=/max_rounds=).
+    With `certify` (default) `F.certificate` is filled by `tamec.dual.certificate.certify`
+    (exact MILP solves on a grid of right-hand sides); pass False to build only."""
+    F = _build(Problem.build(c, A, b, integrality, lb, ub, constraint), method, limits)
+    if certify:
+        from tamec.dual.certificate import certify as run_certify
+
+        run_certify(F)
+    return F
+
+
+def _build(problem: Problem, method: str, limits: dict) -> DualFunction:
     if method == "lp":
         if limits:
             raise UsageError(f"the lp dual takes no limits, got {sorted(limits)}", hint="drop them or use method='bb'")
