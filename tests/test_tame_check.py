@@ -1,0 +1,194 @@
+"""tame-check: every block of every bundled model (and TFC_1W1A) is certified nice and
+semialgebraic; hand-made non-nice blocks (unbounded integer, Sin of an unbounded input, rounding
+with an irrational coefficient, Log near 0) are rejected naming the node and the reason; with
+require_nice the pass turns a not-nice report into a PassError."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tamec
+from tamec.errors import PassError
+from tamec.ir.graph import REAL, Graph, Op, Value
+from tamec.ir.mip import Block, VarGroup
+from tamec.passmanager import PassContext, get_pass
+from tamec.tame import R_AN, R_AN_EXP, R_EXP, SEMIALGEBRAIC, LOCAL, certify_block, join_structures
+from tests.conftest import all_models
+
+PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,tame-check"
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """mlp_sign compiled through tame-check (shared by the tampering tests)."""
+    from tests.conftest import bundled_models
+
+    path = next(p for p in bundled_models() if p.stem == "mlp_sign")
+    return tamec.compile(str(path), PIPELINE)
+
+
+@pytest.mark.parametrize("path", all_models())
+def test_every_block_nice(path):
+    """Every block is nice, semialgebraic, Lipschitz on the box, lists all its binaries with
+    finite bounds, flags each threshold as discontinuous, and the report is plain JSON."""
+    m = tamec.compile(str(path), PIPELINE)
+    certs = m.reports["tame-check"]
+    assert [c["block"] for c in certs] == [b.name for b in m.mip.blocks]
+    json.dumps(certs)  # plain JSON-able
+    for c, b in zip(certs, m.mip.blocks):
+        assert c["verdict"] == "nice", (c["block"], c["reason"], c["node"])
+        assert c["structure"] == SEMIALGEBRAIC
+        assert c["rational_data"] is True
+        assert c["lipschitz"] == "Lipschitz on the box"
+        ints = {g["group"] for g in c["compactness"]["integer"]}
+        assert ints == {v.name for v in b.vars if v.kind != "continuous"}
+        assert all(g["finite"] for g in c["compactness"]["integer"])
+        thresholds = [o for o in b.ops if m.graph.op(o).op_type == "Threshold"]
+        assert sorted(d["op"] for d in c["discontinuous_ops"]) == sorted(thresholds)
+        assert all("no conservative field" in d["note"] for d in c["discontinuous_ops"])
+        pieces = c["nonsmooth_pieces"]
+        assert pieces["total"] == sum(pieces["per_op_type"].values())
+        assert (pieces["per_op_type"].get("tamec.Threshold", 0) > 0) == bool(thresholds)
+    stats = m.history[-1].stats
+    assert stats["blocks"] == stats["nice"] == len(certs)
+    assert stats["structures"] == {SEMIALGEBRAIC: len(certs)}
+
+
+def test_threshold_pieces_counted_per_neuron(mlp):
+    """mlp_sign's ternary Sign has 3 pieces per neuron (64 neurons), the head none."""
+    certs = {c["block"]: c for c in mlp.reports["tame-check"]}
+    assert certs["layer0"]["nonsmooth_pieces"] == {"per_op_type": {"tamec.Threshold": 192}, "total": 192}
+    assert certs["head"]["nonsmooth_pieces"]["total"] == 0
+
+
+def _tampered(mlp):
+    """The compiled mlp_sign with layer1's pre-activation group made an unbounded integer group."""
+    mod = mlp.copy()
+    b = mod.mip.block("layer1")
+    v = b.group("/fc2/MatMul_output_0")
+    v.kind = "integer"
+    v.ub[:] = np.inf
+    return mod, b
+
+
+def test_unbounded_integer_rejected(mlp):
+    """An integer group with an infinite bound makes the block not nice, naming group, value, node."""
+    mod, b = _tampered(mlp)
+    c = certify_block(mod.graph, b)
+    assert c["verdict"] == "not nice"
+    assert "/fc2/MatMul_output_0" in c["reason"] and "unbounded" in c["reason"] and "compact" in c["reason"]
+    assert c["node"] == "/fc2/MatMul"
+    assert c["compactness"]["compact"] is False
+    assert c["lipschitz"] != "Lipschitz on the box"
+    # the untouched block of the same module is still nice
+    assert certify_block(mod.graph, mod.mip.block("layer0"))["verdict"] == "nice"
+
+
+def test_pass_reports_then_require_nice_raises(mlp):
+    """The pass reports a not-nice block without raising; require_nice=True makes it a PassError
+    naming the block, the op, the node and the reason."""
+    mod, _ = _tampered(mlp)
+    p = get_pass("tame-check")
+    res = p.run(mod, PassContext())
+    verdicts = {c["block"]: c["verdict"] for c in res.module.reports["tame-check"]}
+    assert verdicts == {"layer0": "nice", "layer1": "not nice", "head": "nice"}
+    assert res.stats["nice"] == 2 and res.stats["not_nice"] == ["layer1"]
+    with pytest.raises(PassError) as e:
+        p.run(mod, PassContext(options={"require_nice": True}))
+    msg = str(e.value)
+    assert "layer1" in msg and "/fc2/MatMul" in msg and "unbounded" in msg
+    assert e.value.node == "/fc2/MatMul" and e.value.op
+    # a nice module passes require_nice
+    assert p.run(mlp, PassContext(options={"require_nice": True})).stats["nice"] == 3
+
+
+def _graph(*chain, x_bounds=None):
+    """x -> op1 -> op2 ... : each chain item (op_type, node, attrs, const operand or None, out bounds)."""
+    g = Graph("t")
+    g.add_value(Value("x", ("N", 4), "float32", REAL,
+                      bounds=None if x_bounds is None else (np.full(4, x_bounds[0]), np.full(4, x_bounds[1]))))
+    g.inputs = ["x"]
+    prev, ids = "x", []
+    for k, (t, node, attrs, const, bounds) in enumerate(chain):
+        ins = [prev]
+        if const is not None:
+            g.add_const(f"c{k}", np.asarray(const, np.float32))
+            ins.append(f"c{k}")
+        out = f"v{k}"
+        g.add_value(Value(out, ("N", 4), "float32", REAL,
+                          bounds=None if bounds is None else (np.full(4, bounds[0]), np.full(4, bounds[1]))))
+        g.add_op(Op(f"op{k}", t, ins, [out], dict(attrs), "", (node,)))
+        prev, ids = out, ids + [f"op{k}"]
+    g.outputs = [prev]
+    lo, hi = x_bounds or (-np.inf, np.inf)
+    block = Block("b", ops=tuple(ids), vars=[VarGroup("x", (4,), "continuous", lo, hi, "input", "x")])
+    return g, block
+
+
+def test_sin_needs_a_proven_box():
+    """Sin of an unbounded input is rejected naming the node; on a finite box it is R_an, with Exp
+    it is R_an,exp."""
+    g, b = _graph(("Sin", "my_sin", {}, None, (-1, 1)))
+    c = certify_block(g, b)
+    assert c["verdict"] == "not nice" and c["node"] == "my_sin" and c["op"] == "op0"
+    assert "Sin" in c["reason"] and "unbounded" in c["reason"] and "box" in c["reason"]
+    g, b = _graph(("Sin", "my_sin", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
+    c = certify_block(g, b)
+    assert c["verdict"] == "nice" and c["structure"] == R_AN
+    g, b = _graph(("Exp", "e", {}, None, (0, 30)), ("Cos", "c", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
+    assert certify_block(g, b)["structure"] == R_AN_EXP
+
+
+def test_log_needs_positive_input():
+    """Log is R_exp only on (0, inf): bounds touching 0 are rejected, positive bounds accepted."""
+    g, b = _graph(("Log", "lg", {}, None, None), x_bounds=(0.0, 1.0))
+    c = certify_block(g, b)
+    assert c["verdict"] == "not nice" and c["node"] == "lg" and "(0, inf)" in c["reason"]
+    g, b = _graph(("Sigmoid", "s", {}, None, (0.1, 0.9)), ("Log", "lg", {}, None, None), x_bounds=(-2.0, 2.0))
+    c = certify_block(g, b)
+    assert c["verdict"] == "nice" and c["structure"] == R_EXP
+    assert c["lipschitz"].startswith("not established")
+    g, b = _graph(("Relu", "r", {}, None, (0, 1)), x_bounds=(-1.0, 1.0))
+    b.meta["objective"] = "cross-entropy"  # a cross-entropy objective lifts a PL block to R_exp
+    assert certify_block(g, b)["structure"] == R_EXP
+
+
+def test_rounding_with_irrational_coefficient_rejected():
+    """floor(c x) on a box: rational c is semialgebraic with 4 pieces per element and flagged
+    discontinuous; the documented `irrational=1` flag on the Mul makes it not nice."""
+    chain = [("Mul", "scale", {}, 3.0, (0, 3)), ("Floor", "fl", {}, None, (0, 3))]
+    g, b = _graph(*chain, x_bounds=(0.0, 1.0))
+    c = certify_block(g, b)
+    assert c["verdict"] == "nice" and c["structure"] == SEMIALGEBRAIC
+    assert c["nonsmooth_pieces"]["per_op_type"] == {"Floor": 16}
+    assert [d["node"] for d in c["discontinuous_ops"]] == ["fl"]
+    chain[0] = ("Mul", "scale", {"irrational": 1}, 3.0, (0, 3))
+    g, b = _graph(*chain, x_bounds=(0.0, 1.0))
+    c = certify_block(g, b)
+    assert c["verdict"] == "not nice" and c["node"] == "fl"
+    assert "irrational" in c["reason"] and "rational coefficients" in c["reason"]
+    # rounding an unbounded input with a rational coefficient: only locally o-minimal
+    g, b = _graph(("Floor", "fl", {}, None, None))
+    c = certify_block(g, b)
+    assert c["structure"] == LOCAL and c["nonsmooth_pieces"]["total"] is None
+
+
+def test_unknown_op_and_nonfinite_constant_rejected():
+    """An op outside the known definable primitives, and an inf constant, are not nice."""
+    g, b = _graph(("MysteryOp", "mystery", {}, None, None), x_bounds=(0.0, 1.0))
+    c = certify_block(g, b)
+    assert c["verdict"] == "not nice" and c["node"] == "mystery" and "not known" in c["reason"]
+    g, b = _graph(("Add", "add", {}, np.inf, None), x_bounds=(0.0, 1.0))
+    c = certify_block(g, b)
+    assert c["rational_data"] is False and c["verdict"] == "not nice"
+
+
+def test_join_structures():
+    """The join is the smallest structure containing all parts."""
+    assert join_structures([]) == SEMIALGEBRAIC
+    assert join_structures([SEMIALGEBRAIC, R_EXP]) == R_EXP
+    assert join_structures([R_AN, SEMIALGEBRAIC]) == R_AN
+    assert join_structures([R_AN, R_EXP]) == R_AN_EXP
+    assert join_structures([R_AN_EXP, LOCAL]) == LOCAL
