@@ -7,7 +7,9 @@ Modes (`ctx.options["mode"]`):
   training             weights are variables, the data `ctx.options["data"]` = (x, y) fixed
                        (tamec/lower/training.py; the widths come from the graph's Linear ops
                        or `ctx.options["arch"]`).
-The result is checked with `verify_mip`. Statistics per block: variables by kind, rows, big-M
+The result is checked with `verify_mip`; in inference mode the LP relaxation is solved once
+(networks up to 10,000 variables, or `feasibility_check=True`) and an infeasible one is an error
+naming the conflicting row groups and their graph ops. Statistics per block: variables by kind, rows, big-M
 rows, the largest M and the lowering time; they also go to `module.reports["lower-mip"]`.
 """
 from __future__ import annotations
@@ -19,6 +21,9 @@ import numpy as np
 from tamec.errors import UsageError
 from tamec.ir.mip import verify_mip
 from tamec.passmanager import Pass, register
+
+
+FEASIBILITY_CHECK_VARS = 10_000
 
 
 @register
@@ -52,12 +57,18 @@ class LowerMip(Pass):
         else:
             raise UsageError(f"unknown lowering mode {mode!r}", hint="use 'inference' or 'training'")
         verify_mip(mip)
-        if mode == "inference" and ctx.options.get("feasibility_check", True):
+        n_vars = sum(b.n_vars for b in mip.blocks)
+        check = ctx.options.get("feasibility_check", "auto")
+        # one LP over the whole network: seconds for TFC, minutes for LFC-size, so "auto" skips
+        # it above FEASIBILITY_CHECK_VARS (verify explains infeasibility itself when it meets it)
+        checked = mode == "inference" and (check is True or (check == "auto" and n_vars <= FEASIBILITY_CHECK_VARS))
+        if checked:
             _check_feasible(mip, module.source)
         module.mip = mip
         table = [block_stats(b) for b in mip.blocks]
         module.reports["lower-mip"] = table
         return {"mode": mode, "blocks": len(table), "vars": sum(r["vars"] for r in table),
+                "feasibility_checked": checked,
                 "rows": sum(r["rows"] for r in table), "big_m_rows": sum(r["big_m_rows"] for r in table),
                 "max_m": max([r["max_m"] for r in table], default=0.0),
                 "seconds": round(time.perf_counter() - t0, 4),

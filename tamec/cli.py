@@ -107,6 +107,8 @@ def cmd_inspect(a) -> int:
     if not stats_file.is_file():
         raise UsageError(f"{d} has no stats.json", hint="make one with `tamec compile MODEL --dump-dir DIR`")
     data = json.loads(stats_file.read_text())
+    if a.block is not None:
+        return _inspect_block(d, a.block)
     if a.show:
         hits = sorted(d.glob(f"*-{a.show}.tir"))
         if not hits:
@@ -122,6 +124,69 @@ def cmd_inspect(a) -> int:
         print()
         print(bounds_table(data["reports"]["bounds"]))
     print("\ndumps: " + ", ".join(sorted(p.name for p in d.glob("*.tir"))))
+    return 0
+
+
+def _inspect_block(d: Path, which: str) -> int:
+    """Print block `which` (index or name): its MIP text from the last .mip.tir dump, its dual
+    functions and its certificate from certificates.json."""
+    cert_file = d / "certificates.json"
+    if not cert_file.is_file():
+        raise UsageError(f"{d} has no certificates.json",
+                         hint="compile with a pipeline ending in tame-check,dualize and --dump-dir")
+    entries = json.loads(cert_file.read_text())
+    names = [e["block"] for e in entries]
+    if which in names:
+        k = names.index(which)
+    elif which.isdigit() and int(which) < len(entries):
+        k = int(which)
+    else:
+        raise UsageError(f"no block {which} in {d}",
+                         hint=f"blocks: 0..{len(entries) - 1} or a name ({', '.join(names)})")
+    e, name = entries[k], names[k]
+    print(f"block {k}: {name}")
+    dumps = sorted(d.glob("*.mip.tir"))
+    if dumps:
+        lines = dumps[-1].read_text().splitlines()
+        head = [i for i, ln in enumerate(lines) if ln.startswith(f"  block {name} ") or
+                ln.startswith(f'  block "{name}" ')]
+        if head:
+            end = next((i for i in range(head[0] + 1, len(lines)) if lines[i] == "  }"), len(lines) - 1)
+            print(f"\n// MIP ({dumps[-1].name})")
+            print("\n".join(lines[head[0]:end + 1]))
+    dual = e.get("dualize")
+    print("\n// dual functions")
+    if dual is None:
+        print("  (no dualize report: run the dualize pass)")
+    elif dual.get("exact"):
+        print(f"  exact: {dual['reason']}")
+    else:
+        print(f"  neurons {dual['neurons']} (unstable {dual['unstable']}, stable {dual['stable']['count']}: "
+              f"{dual['stable']['dual']}), unique keys {dual['unique_keys']}, methods {', '.join(dual['methods'])}")
+        if "summary" in dual:
+            print(f"  summary: {json.dumps(dual['summary'])}")
+        for key in dual.get("keys", [])[:3]:
+            kk = key["key"]
+            print(f"  key L-tau={kk['L_minus_tau']:g} U-tau={kk['U_minus_tau']:g} lattice={kk['lattice']} "
+                  f"tie={kk['tie']:g} ternary={kk['ternary']} ({key['neurons']} neurons)")
+            for m in ("lp", "bb"):
+                for g, ent in key[m].items():
+                    pcs = "; ".join(f"{p['slope']:.6g} s' + {p['const']:.6g}" for p in ent["pieces"][:4])
+                    c = ent["certificate"]
+                    print(f"    {m} g={g}: {len(ent['pieces'])} piece(s) min[{pcs}] at s'={ent['s_ref']:g}: "
+                          f"field {ent['field']:.6g}; minorant {c['minorant']['holds']}, dual feasible "
+                          f"{c['dual_feasible']['holds']}, gap {c['gap']:.3g}, strong {c['strong']}")
+        if len(dual.get("keys", [])) > 3:
+            print(f"  ... {len(dual['keys']) - 3} more keys in {cert_file.name}")
+    tame = e.get("tame-check")
+    print("\n// certificate")
+    if tame is None:
+        print("  (no tame-check report: run the tame-check pass)")
+    else:
+        print(f"  verdict {tame['verdict']}: {tame.get('reason') or 'ok'}")
+        print(f"  structure {tame['structure']}; lipschitz: {tame.get('lipschitz')}")
+        print(f"  nonsmooth pieces {tame['nonsmooth_pieces']['total']}; discontinuous ops "
+              f"{', '.join(x['op'] for x in tame.get('discontinuous_ops', [])) or 'none'}")
     return 0
 
 
@@ -234,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "report of a dump folder, or the IR after one pass.")
     i.add_argument("dir")
     i.add_argument("--show", metavar="PASS", help="print the dumped IR after PASS")
+    i.add_argument("--block", metavar="K", help="print block K (index or name): its MIP, dual functions and "
+                   "certificate (needs certificates.json)")
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("diff", help="diff two .tir dumps by stable op id",

@@ -92,6 +92,7 @@ def _load_passes() -> None:
     import tamec.passes.binarize_weights  # noqa: F401  (registration side effect)
     import tamec.passes.bounds  # noqa: F401
     import tamec.passes.canonicalize  # noqa: F401
+    import tamec.passes.dualize  # noqa: F401
     import tamec.passes.fold_thresholds  # noqa: F401
     import tamec.passes.lower_mip  # noqa: F401
     import tamec.passes.partition  # noqa: F401
@@ -319,6 +320,14 @@ def _write_stats(module: Module, dump: Path | None) -> None:
         data = {"source": module.source, "passes": [r.to_json() for r in module.history],
                 "reports": module.reports}
         (dump / "stats.json").write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        dual, tame = module.reports.get("dualize"), module.reports.get("tame-check")
+        if dual or tame:  # one entry per block: its dualize and tame-check reports side by side
+            by_block: dict[str, dict] = {}
+            for name, reps in (("dualize", dual), ("tame-check", tame)):
+                for rep in reps or []:
+                    by_block.setdefault(rep["block"], {"block": rep["block"]})[name] = rep
+            (dump / "certificates.json").write_text(
+                json.dumps(list(by_block.values()), indent=1, default=_json_default) + "\n")
 
 
 def _json_default(o):
