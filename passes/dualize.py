@@ -16,7 +16,7 @@ import concurrent.futures as cf
 
 from tamec.dual.blocks import block_summary, keys_duals, neuron_specs
 from tamec.dual.function import DualFunction, dual_function
-from tamec.errors import PassError, UsageError
+from tamec.errors import UsageError
 from tamec.passmanager import Pass, register
 
 __all__ = ["DualFunction", "dual_function", "Dualize"]
@@ -47,8 +47,6 @@ class Dualize(Pass):
     ensures = frozenset({"dualized"})
 
     def rewrite(self, g, ctx, module):
-        if module.mip is None:
-            raise PassError("dualize needs the MIP IR", hint="run lower-mip first")
         depth = int(ctx.options.get("bb_depth", 4))
         workers = int(ctx.options.get("workers", 1))
         pool = _executor(ctx.options.get("executor", "processes"), workers)

@@ -577,7 +577,6 @@ class _Importer:
     def infer_once(self, folded: dict[str, np.ndarray]) -> onnx.ModelProto:
         src_g = self.m.graph
         g = onnx.GraphProto(name=src_g.name)
-        inits = {t.name for t in src_g.initializer}
         for t in src_g.initializer:
             if math.prod(t.dims) <= _SMALL:
                 g.initializer.append(t)
