@@ -72,7 +72,11 @@ class Intervals:
         ins = [self.get(i) if i else None for i in op.inputs]
         if any(self.get(i) is None for i in data):
             return None
-        if q == "tamec.Linear" or (q == "Conv" and g.const(op.inputs[1]) is not None):
+        params = [g.const(i) for i in op.inputs[1:]]
+        if q in ("tamec.Linear", "Conv", "BatchNormalization") and any(
+                p is None for i, p in zip(op.inputs[1:], params) if i):
+            return None  # parameters fed at run time: unbounded, which is sound
+        if q in ("tamec.Linear", "Conv"):
             (lo, hi), w = ins[0], g.const(op.inputs[1]).astype(np.float64)
             wp, wn = np.maximum(w, 0), np.minimum(w, 0)
             if q == "Conv":
@@ -176,6 +180,17 @@ def threshold_report(op: Op, x_bounds, x_domain) -> dict:
             "can_tie": int((inside & on_lattice & np.isfinite(tau)).sum())}
 
 
+def _batch_one(res, out) -> bool:
+    """True when (lo, hi) have the value's shape with batch dim 1 and hold no NaN."""
+    shape = out.shape or ()
+    lo = np.asarray(res[0])
+    if lo.ndim != len(shape) or (lo.ndim and lo.shape[0] != 1):
+        return False
+    if any(isinstance(d, int) and d != s for d, s in zip(shape[1:], lo.shape[1:])):
+        return False
+    return not (np.isnan(lo).any() or np.isnan(np.asarray(res[1])).any())
+
+
 def propagate(g: Graph, ctx, overrides: dict | None = None) -> tuple[list[dict], int]:
     """Interval bounds for every value of `g` (stored on Value.bounds); `overrides` maps value
     names to tighter (lo, hi) pairs (no batch dim) that are intersected in as they are reached.
@@ -193,6 +208,8 @@ def propagate(g: Graph, ctx, overrides: dict | None = None) -> tuple[list[dict],
     for op in g.ops():
         res = iv.op(op) if len(op.outputs) == 1 else None
         out = g.values[op.outputs[0]]
+        if res is not None and not _batch_one(res, out):
+            res = None  # the op moved or merged the batch dim (Flatten axis 0, ...): no per-sample box
         if res is not None:
             lo, hi = (np.asarray(r, np.float64) for r in res)
             if not out.domain.is_integer:

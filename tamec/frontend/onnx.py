@@ -14,6 +14,9 @@ error it raises names the file, the node and what to do:
  8. strict shape inference; QONNX and tamec ops are stood in for by standard ops of the same
     shape, and small shape tensors (Shape -> Gather -> Concat -> Reshape) are folded so Reshape
     targets become known                                       -> ModelStructureError
+    then every tensor's element type is one tamec computes in (float16/32/64, bfloat16,
+    int8-64, uint8-64, bool; not string, complex, float8, 4- or 2-bit types); all others
+    listed at once                                             -> UnsupportedModelError
  9. the Graph: one Op per node (Constant nodes become constant values), initializers become
     constant values, graph inputs become real-valued inputs.
 
@@ -55,6 +58,11 @@ _SUBBYTE_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2
                  TensorProto.INT2: 2, TensorProto.UINT2: 2,
                  TensorProto.FLOAT6E2M3: 6, TensorProto.FLOAT6E3M2: 6}
 _REEXPORT = "re-export the model from its framework, or fix the file"
+# Element types tamec computes in (numpy-native, plus bfloat16 through ml_dtypes).
+_DTYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16,
+                     TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+                     TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
+                     TensorProto.BOOL})
 
 
 def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *,
@@ -210,6 +218,7 @@ class _Importer:
         self.sort_nodes()
         self.run_checker()
         types = self.infer_shapes()
+        self.check_dtypes(types)
         return self.build(opset, types)
 
     # -- 2. versions ----------------------------------------------------------------------------
@@ -350,7 +359,8 @@ class _Importer:
             if which is None:
                 raise self.err(ModelStructureError, f"{kind} {vi.name!r} has no type", node=vi.name,
                                hint="declare its element type and shape; " + _REEXPORT)
-            raise self.err(UnsupportedModelError, f"{kind} {vi.name!r} is a {which}, not a tensor",
+            article = "an" if which[0] in "aeiou" else "a"
+            raise self.err(UnsupportedModelError, f"{kind} {vi.name!r} is {article} {which}, not a tensor",
                            node=vi.name, hint="tamec handles tensor inputs and outputs only")
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
@@ -599,6 +609,24 @@ class _Importer:
             node, msg = _inference_error(str(e))
             raise self.err(ModelStructureError, f"inconsistent shapes or types: {msg}", node=node,
                            hint="the model's tensors do not fit together; " + _REEXPORT) from None
+
+    def check_dtypes(self, types: dict[str, tuple[int, list | None]]) -> None:
+        """Refuse tensors of element types tamec does not compute in, all of them at once."""
+        bad = {name: elem for name, (elem, _) in types.items() if elem and elem not in _DTYPES}
+        if not bad:
+            return
+        by_name = {o: self.ids[k] for k, n in enumerate(self.nodes) for o in n.output if o}
+        first = next(iter(bad))
+        known = TensorProto.DataType.values()
+        listing = "; ".join(f"{name!r} ({TensorProto.DataType.Name(e) if e in known else f'unknown type {e}'})"
+                            for name, e in list(bad.items())[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        e = self.err(UnsupportedModelError, f"{len(bad)} tensor(s) of an element type tamec does not "
+                     f"compute in: {listing}{more}", node=by_name.get(first, first),
+                     hint="tamec handles float16/32/64, bfloat16, int8-64, uint8-64 and bool tensors; "
+                     "cast the others in the exporting framework")
+        e.dtypes = bad
+        raise e
 
     # -- 9. the graph ---------------------------------------------------------------------------
     def build(self, opset: dict[str, int], types: dict) -> Graph:

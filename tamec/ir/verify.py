@@ -335,7 +335,8 @@ SPEC: dict[str, Rule] = {
     **{t: Rule(ints="keep") for t in "Squeeze Unsqueeze Expand Gather Slice MaxPool Pad Tile".split()},
     "Concat": Rule(ints="keep", data=None),
     **{t: Rule(ints="int") for t in "Shape Size ArgMax".split()},
-    **{t: Rule(ints="arith") for t in "ReduceSum ReduceMax".split()},
+    "ReduceSum": Rule(ints="arith"),
+    "ReduceMax": Rule(ints="keep"),  # the max of values in a domain stays in it
     **{t: Rule(ints="real") for t in "ReduceMean AveragePool GlobalAveragePool".split()},
 }
 
