@@ -1,6 +1,7 @@
 """The Python API: `tamec.compile` and `tamec.Session` (onnxruntime's `run` signature)."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -72,18 +73,45 @@ class NodeArg:
     type: str
 
 
+ENGINES = ("numba", "reference")
+
+
 class Session:
     """Runs a compiled model; `run(output_names, input_feed)` as onnxruntime's InferenceSession.
 
-    Backed by the reference evaluator on the compiled graph. Feeds are checked, never cast:
-    wrong names, shapes, dtypes and non-finite real values are `InputError`s."""
+    `engine="numba"` (default) executes the forward plan of tamec.runtime (bit-packed
+    xnor-popcount kernels; `session.plan` prints the kernel chosen per op); `engine="reference"`
+    runs the reference evaluator, the oracle the plan is tested against. Feeds are checked,
+    never cast: wrong names, shapes, dtypes and non-finite real values are `InputError`s."""
 
-    def __init__(self, model, pipeline=None, input_bounds=None):
-        from tamec.evaluator import Evaluator
-
+    def __init__(self, model, pipeline=None, input_bounds=None, engine: str = "numba"):
+        if engine not in ENGINES:
+            raise UsageError(f"unknown engine {engine!r}", hint="use " + " or ".join(map(repr, ENGINES)))
         self.module = model if isinstance(model, Module) else compile(model, pipeline, input_bounds)
         self.graph = self.module.graph
-        self._ev = Evaluator(self.graph)
+        self.engine = engine
+        self.plan = None
+        checked: frozenset = frozenset()
+        if engine == "numba":
+            from tamec.runtime.plan import compile_plan  # numba loads here, not at import
+
+            self.plan = compile_plan(self.graph)
+            self._exec = self.plan.run
+            checked = self.plan.finite_checked  # the kernel reading these checks them for free
+        else:
+            from tamec.evaluator import Evaluator
+
+            self._exec = Evaluator(self.graph).run
+        # per input: name, dtype, its name, rank, (axis, size) of the fixed dims, check finite here
+        self._specs = []
+        for n in self.graph.inputs:
+            v = self.graph.values[n]
+            shape = tuple(v.shape or ())
+            fixed = tuple((k, d) for k, d in enumerate(shape) if isinstance(d, int))
+            finite = _is_dtype(v.dtype) and np.dtype(v.dtype).kind == "f" and n not in checked
+            self._specs.append((n, np.dtype(v.dtype) if _is_dtype(v.dtype) else None, v.dtype, len(shape),
+                                fixed, finite))
+        self._names = frozenset(self.graph.inputs)
 
     def get_inputs(self) -> list[NodeArg]:
         return [self._arg(n) for n in self.graph.inputs]
@@ -97,33 +125,60 @@ class Session:
 
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], run_options=None) -> list[np.ndarray]:
         g = self.graph
-        names = list(output_names) if output_names else list(g.outputs)
-        for n in names:
+        feeds = self.check_feeds(input_feed)
+        if not output_names:
+            res = self._exec(feeds)
+            return [res[n] for n in g.outputs]
+        for n in output_names:
             if n not in g.outputs:
                 raise InputError(f"unknown output {n!r}", hint="outputs: " + ", ".join(g.outputs))
-        feeds = self.check_feeds(input_feed)
-        res = self._ev.run(feeds)
-        return [res[n] for n in names]
+        res = self._exec(feeds)
+        return [res[n] for n in output_names]
 
     def check_feeds(self, input_feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The feeds, checked: exactly the graph's inputs, numpy arrays of the declared dtype and
+        shape (symbolic dims take any size), finite where real. Raises InputError naming the input."""
         g = self.graph
-        extra = sorted(set(input_feed) - set(g.inputs))
-        missing = [n for n in g.inputs if n not in input_feed]
-        if missing or extra:
+        if not isinstance(input_feed, dict):
+            raise InputError(f"input_feed must be a dict of name -> array, got {type(input_feed).__name__}",
+                             hint="feed exactly: " + ", ".join(g.inputs))
+        if len(input_feed) != len(self._names) or not self._names.issuperset(input_feed):
+            extra = sorted(map(str, set(input_feed) - self._names))
+            missing = [n for n in g.inputs if n not in input_feed]
             raise InputError(f"inputs missing {missing} / unknown {extra}",
                              hint="feed exactly: " + ", ".join(g.inputs))
-        feeds = {}
-        for n in g.inputs:
-            v, a = g.values[n], input_feed[n]
+        for n, dt, dname, rank, fixed, finite in self._specs:
+            a = input_feed[n]
             if not isinstance(a, np.ndarray):
                 raise InputError(f"input {n!r} must be a numpy array, got {type(a).__name__}")
-            if a.dtype.name != v.dtype:
-                raise InputError(f"input {n!r} has dtype {a.dtype.name}, the model wants {v.dtype}",
-                                 hint=f"convert it yourself, e.g. x.astype(np.{v.dtype})")
-            shape = v.shape or ()
-            if a.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, a.shape)):
-                raise InputError(f"input {n!r} has shape {list(a.shape)}, the model wants {list(shape)}")
-            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            if a.dtype != dt:
+                raise InputError(f"input {n!r} has dtype {a.dtype.name}, the model wants {dname}",
+                                 hint=f"convert it yourself, e.g. x.astype(np.{dname})")
+            shape = a.shape
+            bad = len(shape) != rank
+            for k, d in fixed:
+                bad = bad or shape[k] != d
+            if bad:
+                want = list(g.values[n].shape or ())
+                raise InputError(f"input {n!r} has shape {list(shape)}, the model wants {want}",
+                                 hint="symbolic dims may take any size")
+            if finite and not _finite(a):
                 raise InputError(f"input {n!r} holds NaN or infinite values", hint="feed finite values")
-            feeds[n] = a
-        return feeds
+        return input_feed if type(input_feed) is dict else dict(input_feed)
+
+
+def _finite(a: np.ndarray) -> bool:
+    """No NaN or inf in a float array. v.v is one BLAS call and is finite when every element is
+    (an overflow to inf only sends us to the exact elementwise check)."""
+    v = a.reshape(-1)
+    if v.size and not math.isfinite(v.dot(v)):
+        return bool(np.all(np.isfinite(v)))
+    return True
+
+
+def _is_dtype(name: str) -> bool:
+    try:
+        np.dtype(name)
+        return True
+    except TypeError:
+        return False

@@ -1,0 +1,1 @@
+"""Bundled ONNX models (package data); models/README.md says where each comes from."""
