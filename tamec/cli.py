@@ -49,7 +49,8 @@ def cmd_compile(a) -> int:
 
     model = a.model or tamec.default_model()
     m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
-                      stop_after=a.stop_after, check=a.check, tighten=a.tighten)
+                      stop_after=a.stop_after, check=a.check, tighten=a.tighten,
+                      **({"executor": a.executor} if a.executor else {}))
     print(f"compiled {model}")
     print(pass_table(m.history))
     if m.reports.get("bounds"):
@@ -108,7 +109,9 @@ def cmd_inspect(a) -> int:
         raise UsageError(f"{d} has no stats.json", hint="make one with `tamec compile MODEL --dump-dir DIR`")
     data = json.loads(stats_file.read_text())
     if a.block is not None:
-        return _inspect_block(d, a.block)
+        return _inspect_block(d, a.block, a.plot)
+    if a.plot:
+        raise UsageError("--plot draws one block", hint="add --block K")
     if a.show:
         hits = sorted(d.glob(f"*-{a.show}.tir"))
         if not hits:
@@ -127,9 +130,10 @@ def cmd_inspect(a) -> int:
     return 0
 
 
-def _inspect_block(d: Path, which: str) -> int:
+def _inspect_block(d: Path, which: str, plot: str | None = None) -> int:
     """Print block `which` (index or name): its MIP text from the last .mip.tir dump, its dual
-    functions and its certificate from certificates.json."""
+    functions and its certificate from certificates.json; with `plot`, draw its dual functions and
+    value function to that PNG (tamec/plot.py)."""
     cert_file = d / "certificates.json"
     if not cert_file.is_file():
         raise UsageError(f"{d} has no certificates.json",
@@ -167,14 +171,29 @@ def _inspect_block(d: Path, which: str) -> int:
             print(f"  summary: {json.dumps(dual['summary'])}")
         for key in dual.get("keys", [])[:3]:
             kk = key["key"]
-            print(f"  key L-tau={kk['L_minus_tau']:g} U-tau={kk['U_minus_tau']:g} lattice={kk['lattice']} "
-                  f"tie={kk['tie']:g} ternary={kk['ternary']} ({key['neurons']} neurons)")
-            for m in ("lp", "bb"):
-                for g, ent in key[m].items():
-                    pcs = "; ".join(f"{p['slope']:.6g} s' + {p['const']:.6g}" for p in ent["pieces"][:4])
+            covers = "; ".join(f"{c['op']} rows {','.join(r.rsplit(':', 1)[-1] for r in c['rows'])}"
+                               for c in key.get("covers", []))
+            if key.get("kind") == "maxpool":
+                print(f"  key MaxPool window={kk['window']} encoding={kk['encoding']} ({key['neurons']} outputs; "
+                      f"covers {covers})")
+            else:
+                print(f"  key L-tau={kk['L_minus_tau']:g} U-tau={kk['U_minus_tau']:g} lattice={kk['lattice']} "
+                      f"tie={kk['tie']:g} ternary={kk['ternary']} ({key['neurons']} neurons; covers {covers})")
+            for m in ("lp", "bb", "chvatal"):
+                for g, ent in key.get(m, {}).items():
+                    if "certificate" not in ent:
+                        print(f"    {m} g={g}: none ({ent.get('skipped', '')})")
+                        continue
                     c = ent["certificate"]
-                    print(f"    {m} g={g}: {len(ent['pieces'])} piece(s) min[{pcs}] at s'={ent['s_ref']:g}: "
-                          f"field {ent['field']:.6g}; minorant {c['minorant']['holds']}, dual feasible "
+                    if m == "chvatal":
+                        head = (f"{ent['info'].get('cuts', 0)} rounding layer(s), {ent['info'].get('status')} "
+                                f"at s'={ent['s_ref']:g}: field {ent['field']:.6g}")
+                    elif key.get("kind") == "maxpool":
+                        head = f"{len(ent['pieces'])} piece(s) at x_ref={ent['x_ref']}: field {ent['field']}"
+                    else:
+                        pcs = "; ".join(f"{p['slope']:.6g} s' + {p['const']:.6g}" for p in ent["pieces"][:4])
+                        head = f"{len(ent['pieces'])} piece(s) min[{pcs}] at s'={ent['s_ref']:g}: field {ent['field']:.6g}"
+                    print(f"    {m} g={g}: {head}; minorant {c['minorant']['holds']}, dual feasible "
                           f"{c['dual_feasible']['holds']}, gap {c['gap']:.3g}, strong {c['strong']}")
         if len(dual.get("keys", [])) > 3:
             print(f"  ... {len(dual['keys']) - 3} more keys in {cert_file.name}")
@@ -187,6 +206,12 @@ def _inspect_block(d: Path, which: str) -> int:
         print(f"  structure {tame['structure']}; lipschitz: {tame.get('lipschitz')}")
         print(f"  nonsmooth pieces {tame['nonsmooth_pieces']['total']}; discontinuous ops "
               f"{', '.join(x['op'] for x in tame.get('discontinuous_ops', [])) or 'none'}")
+    if plot:
+        from tamec.plot import plot_block
+
+        res = plot_block(e, plot)
+        print(f"\nplot: {res['path']} ({len(res['panels'])} panels: value function and "
+              f"{', '.join(sorted({m for p in res['panels'] for m in p['duals']}))} duals of the first keys)")
     return 0
 
 
@@ -268,6 +293,60 @@ def cmd_verify(a) -> int:
     return 0
 
 
+def cmd_train(a) -> int:
+    from tamec.runtime.train import TrainConfig, train
+
+    explicit = {k for k in TrainConfig.BITS if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k in explicit | {"epochs"} if getattr(a, k) is not None}
+    cfg = TrainConfig(model=a.model, **given)
+    train(cfg, out=a.out, resume=a.resume, progress=not a.no_progress, explicit=frozenset(explicit),
+          full_compile=not a.skip_certify)
+    return 0
+
+
+def _grad_program(a):
+    """The GradProgram of a.model with a.rule (the rule name is checked before compiling)."""
+    from tamec.runtime.autograd import GradProgram
+    from tamec.runtime.rules import parse_rule
+
+    rule = parse_rule(a.rule)
+    return GradProgram.from_model(a.model, rule=rule, input_bounds=a.input_bounds)
+
+
+def cmd_export_grad(a) -> int:
+    import onnx
+
+    from tamec.export.grad import gradient_model
+
+    prog = _grad_program(a)
+    model = gradient_model(prog, prog.rule)
+    try:
+        onnx.save_model(model, a.output)
+    except OSError as e:
+        raise UsageError(f"cannot write {a.output}: {e.strerror}", hint="pick a writable path") from None
+    print(f"gradient graph (rule {prog.rule}, bounds baked in) written to {a.output}: inputs "
+          f"{prog.input_name}, labels, {len(prog.params)} weights; outputs loss, "
+          + ", ".join(f"grad_{k}" for k in prog.params))
+    return 0
+
+
+def cmd_grad(a) -> int:
+    prog = _grad_program(a)
+    x, labels = _load_array(a.input), _load_array(a.labels)
+    loss, grads, _ = prog.loss_and_grads(x, labels)
+    if "loss" in grads:
+        raise UsageError("the model has a weight named 'loss'", hint="rename it; GRADS.npz keys are loss and weights")
+    try:
+        np.savez(a.output, loss=np.float32(loss), **grads)
+    except OSError as e:
+        raise UsageError(f"cannot write {a.output}: {e.strerror}", hint="pick a writable path") from None
+    print(f"loss {loss:.6g} (mean softmax cross-entropy over {x.shape[0]} examples, rule {prog.rule})")
+    print(_table([[k, list(g.shape), f"{float(np.linalg.norm(g)):.4g}"] for k, g in grads.items()],
+                 ["weight", "shape", "|grad|"]))
+    print(f"written to {a.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tamec.passmanager import DEFAULT_PIPELINE
 
@@ -287,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare N probe inputs with the original model after every pass")
     c.add_argument("--tighten", choices=["none", "lp"], default="none",
                    help="bounds pass: also tighten pre-activation bounds by LP with dual certificates")
+    c.add_argument("--executor", metavar="processes|threads|dask://HOST:PORT",
+                   help="dualize pass: where the per-block dual computations run (default processes; "
+                        "dask://HOST:PORT maps them over a Dask distributed scheduler, pip install \"tamec[dask]\")")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", help="run a model on .npy inputs", description="Compile MODEL and run it on inputs.")
@@ -301,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--show", metavar="PASS", help="print the dumped IR after PASS")
     i.add_argument("--block", metavar="K", help="print block K (index or name): its MIP, dual functions and "
                    "certificate (needs certificates.json)")
+    i.add_argument("--plot", metavar="OUT.png", help="with --block: plot the block's dual functions and its value "
+                   "function along a direction of the right-hand side (matplotlib)")
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("diff", help="diff two .tir dumps by stable op id",
@@ -337,6 +421,67 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the answer as JSON")
     v.add_argument("--counterexample-out", metavar="CEX.npy", help="write the counterexample here")
     v.set_defaults(fn=cmd_verify)
+
+    rule_help = ("backward rule: lp-dual (default), bb-dual:K, lp-mid, bb-mid:K (the centre of the block's "
+                 "relaxed interval, on the depth-K branch-and-bound leaf; what `tamec train` uses), or the "
+                 "heuristics ste, ste-clip")
+    eg = sub.add_parser("export-grad", help="write forward + loss + backward as one standard-ONNX model",
+                        description="Write the gradient graph of MODEL: inputs the data, labels (int64) and "
+                                    "every weight by its initializer name; outputs loss (mean softmax "
+                                    "cross-entropy) and grad_<weight> for each. The rule's constants (the "
+                                    "proven bounds of every threshold) are baked in.")
+    eg.add_argument("model")
+    eg.add_argument("--rule", default="lp-dual", metavar="lp-dual|bb-dual:K|lp-mid|bb-mid:K|ste|ste-clip",
+                    help=rule_help)
+    eg.add_argument("-o", "--output", required=True, metavar="G.onnx")
+    eg.add_argument("--input-bounds", metavar="LO:HI", help="input box for the bounds (default 0:1)")
+    eg.set_defaults(fn=cmd_export_grad)
+
+    gr = sub.add_parser("grad", help="loss and weight gradients of a batch, computed by the runtime",
+                        description="Compute the mean softmax cross-entropy of MODEL on X with labels Y and "
+                                    "its gradient w.r.t. every weight; write GRADS.npz with keys loss and "
+                                    "each weight's initializer name.")
+    gr.add_argument("model")
+    gr.add_argument("--input", required=True, metavar="X.npy", help="a float32 batch [N, ...]")
+    gr.add_argument("--labels", required=True, metavar="Y.npy", help="integer class indices [N]")
+    gr.add_argument("--rule", default="lp-dual", metavar="lp-dual|bb-dual:K|lp-mid|bb-mid:K|ste|ste-clip",
+                    help=rule_help)
+    gr.add_argument("-o", "--output", required=True, metavar="GRADS.npz")
+    gr.add_argument("--input-bounds", metavar="LO:HI", help="input box for the bounds (default 0:1)")
+    gr.set_defaults(fn=cmd_grad)
+
+    t = sub.add_parser("train", help="train a BNN on a bundled dataset (default: digits_bnn.onnx on digits)",
+                       description="Compile MODEL through the full pipeline (every block dualized and "
+                                   "tame-checked), train it with the chosen backward rule, and write "
+                                   "model.onnx, model.qonnx.onnx, metrics.json, curves.png and checkpoint/ "
+                                   "to --out. The last line printed is test_accuracy=0.xxxx.")
+    t.add_argument("model", nargs="?", help="ONNX file to train (default: the bundled digits_bnn.onnx, or "
+                   "mnist_bnn.onnx for --data mnist5k)")
+    t.add_argument("--data", metavar="NAME|FILE.npz", help="digits (default), mnist5k, mnist1d, or an .npz "
+                   "with x_train, y_train, x_test, y_test")
+    t.add_argument("--epochs", type=int, metavar="N", help="epochs (default 30)")
+    t.add_argument("--batch", type=int, metavar="B", help="mini-batch size (default 64)")
+    t.add_argument("--rule", metavar="bb-mid:K|lp-mid|lp-dual|bb-dual:K|ste|ste-clip",
+                   help="backward rule of the thresholds (default bb-mid:5: the derivative of the centre of each "
+                        "block's relaxed interval, the mean of its lower and upper dual bounds, on the depth-5 "
+                        "branch-and-bound leaf; K chosen on validation). lp-dual and bb-dual:K are available but "
+                        "do not train (descending the lower dual bound shrinks the BatchNorm scales; see "
+                        "tamec.runtime.rules); ste and ste-clip are heuristics")
+    t.add_argument("--optimizer", choices=["adam", "sgd", "bop"], help="default adam")
+    t.add_argument("--lr", type=float, help="learning rate (default adam 0.01, sgd 0.1; bop: Adam's for the "
+                   "real parameters)")
+    t.add_argument("--seed", type=int, metavar="S", help="seed of the data order (default 0)")
+    t.add_argument("--bop-gamma", type=float, metavar="G", help="Bop adaptivity rate (default 1e-4, Larq's)")
+    t.add_argument("--bop-threshold", type=float, metavar="T", help="Bop flip threshold (default 1e-8, Larq's)")
+    t.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule (default cosine "
+                   "decay to 0 over the run)")
+    t.add_argument("--out", default="tamec-train", metavar="DIR", help="output folder (default ./tamec-train)")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint (same bits as an "
+                   "uninterrupted run)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--skip-certify", action="store_true", help="skip the full-pipeline compile (partition, "
+                   "lower-mip, dualize, tame-check) before training, for repeated runs of a model already checked")
+    t.set_defaults(fn=cmd_train)
     return p
 
 

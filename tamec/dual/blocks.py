@@ -19,8 +19,14 @@ s_ref (the side of tau where the LP relaxation has a gap, where the worked examp
 flows) and certifies each with `certify`, the value function computed exactly by enumerating the
 1-2 binaries, on a grid of right-hand sides d(s') along the parametrization line. The pieces are
 reported in the 1-D parametrization: phi(s') = min_k (slope_k s' + const_k), slope = pi . e.
-Everything a worker gets is a plain dict of lists (`neuron_specs`), so the map over keys can run
-in another process.
+With `chvatal=True`, keys whose data are integer (lattice pre-activations with tau on the
+integers, e.g. TFC's hidden layers) also get a certified Chvatal dual at the integer s' next to
+s_ref. Each key's report carries its `problem` (A, d0, e, bounds, costs: what `tamec.plot` needs
+to redraw the value function) and `covers` (the block rows and neuron indices it stands for).
+
+`block_specs` adds the MaxPool keys (tamec/dual/pool.py) and `row_coverage` says what covers each
+row group of the block. Everything a worker gets is a plain dict of lists, so the map over keys
+can run in another process (or on a Dask worker).
 """
 from __future__ import annotations
 
@@ -42,10 +48,13 @@ class EnumProblem(Problem):
     def value(self, d=None) -> float:
         """z(d) = min c y over the integer points of the box with A y >= d (exact; +inf if none)."""
         d = self.b if d is None else np.atleast_1d(np.asarray(d, np.float64))
-        pts = np.array(list(itertools.product(*[range(int(lo), int(hi) + 1) for lo, hi in zip(self.lb, self.ub)])),
-                       np.float64).reshape(-1, self.n)
-        ok = np.all(pts @ self.A.T >= d[None, :] - 1e-9, axis=1)
-        return float(np.min(pts[ok] @ self.c)) if ok.any() else np.inf
+        if getattr(self, "_pts", None) is None:  # the box's integer points, their rows and costs: once
+            pts = np.array(list(itertools.product(*[range(int(lo), int(hi) + 1) for lo, hi in zip(self.lb, self.ub)])),
+                           np.float64).reshape(-1, self.n)
+            self._pts = (pts @ self.A.T, pts @ self.c)
+        lhs, cost = self._pts
+        ok = np.all(lhs >= d[None, :] - 1e-9, axis=1)
+        return float(np.min(cost[ok])) if ok.any() else np.inf
 
 
 def _cost(grp) -> float:
@@ -79,6 +88,7 @@ def neuron_specs(graph, block) -> tuple[list[dict], dict]:
             continue  # every neuron stable or constant
         op = graph.op(op_id)
         excl = rows.get("exclusive")
+        row_names = sorted(r.name for r in rows.values())
         states = {}
         for i in range(lo.size):
             cols, vals = lo.A[i].indices, lo.A[i].data
@@ -113,6 +123,7 @@ def neuron_specs(graph, block) -> tuple[list[dict], dict]:
             unstable += 1
             if key in keys:
                 keys[key]["neurons"] += 1
+                _cover(keys[key], op_id, row_names, int(j))
                 continue
             # a, b (the reachable s next to tau on each side) as the rows wrote them: the M of each row
             flip = bool(st.gt_level[j] < st.lt_level[j])
@@ -122,6 +133,7 @@ def neuron_specs(graph, block) -> tuple[list[dict], dict]:
                 gi, li = (bins[1], bins[0]) if flip else (bins[0], bins[1])
                 a, b = -lo_coef[gi], -hi_coef[li]
             keys[key] = {
+                "kind": "threshold", "covers": [],
                 "key": {"L_minus_tau": L, "U_minus_tau": U, "a_minus_tau": float(a), "b_minus_tau": float(b),
                         "lattice": None if lat is None else {"origin": lat[0], "step": lat[1],
                                                               "tau_on_lattice": bool(st.can_tie[j] or
@@ -131,8 +143,18 @@ def neuron_specs(graph, block) -> tuple[list[dict], dict]:
                         "jump": float(abs(st.gt_level[j] - st.lt_level[j]))},
                 "example": {"op": op_id, "neuron": int(j), "tau": tau},
                 "neurons": 1, "A": A, "d0": d0, "e": e, "lb": lb, "ub": ub, "cost": cost}
+            _cover(keys[key], op_id, row_names, int(j))
     counts = {"neurons": total, "unstable": unstable, "stable": total - unstable, "thresholds": thresholds}
     return list(keys.values()), counts
+
+
+def _cover(spec: dict, op_id: str, rows: list[str], j: int) -> None:
+    """Record that `spec`'s dual covers element j of the rows `rows` of op `op_id`."""
+    for c in spec["covers"]:
+        if c["op"] == op_id:
+            c["elements"].append(j)
+            return
+    spec["covers"].append({"op": op_id, "rows": rows, "elements": [j]})
 
 
 def _line(spec, s) -> np.ndarray:
@@ -153,15 +175,45 @@ def _entry(F, spec, s_ref, problem, grid) -> dict:
             "value": float(F(d)), "certificate": cert, "info": {k: v for k, v in F.info.items() if k != "tree"}}
 
 
-def key_duals(spec: dict, bb_depth: int = 4) -> dict:
-    """lp and bb dual functions (certified) of one per-neuron key for g = +1 and g = -1."""
+def _integer_data(spec: dict) -> bool:
+    arr = np.concatenate([np.ravel(spec[k]) for k in ("A", "d0", "e", "cost", "lb", "ub")]).astype(np.float64)
+    return bool(np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
+
+
+def _chvatal_entry(spec, c, A, s_ref, line) -> dict:
+    """A certified Chvatal dual at the integer s' next to s_ref on its side of tau (d(s') is then
+    integer), or why there is none (data not integer; no feasible integer point there)."""
+    if not _integer_data(spec):
+        return {"skipped": "the per-neuron MIP has non-integer data (a real pre-activation or a tau off the "
+                           "integers): Chvatal functions need integer A, d, c"}
+    s_c = float(np.floor(s_ref) if s_ref > 0 else np.ceil(s_ref))
+    p = EnumProblem.build(c, A, _line(spec, s_c), np.ones(A.shape[1], bool), spec["lb"], spec["ub"], ">=")
+    if not np.isfinite(p.value()):
+        return {"skipped": f"no feasible integer point at the integer s'={s_c:g} next to s_ref"}
+    F = dual_function(c, A, p.b, p.integrality, p.lb, p.ub, ">=", method="chvatal", certify=False)
+    grid = np.array([_line(spec, s) for s in sorted(set(np.round(line)) | {s_c})])
+    cert = certify(F, p, grid=grid, samples=CHVATAL_SAMPLES)
+    d = _line(spec, s_c)
+    e = np.asarray(spec["e"], np.float64)
+    return {"s_ref": s_c, "pieces": F.pieces(), "slope": float(F.field(d) @ e), "field": float(F.field(d) @ e),
+            "value": float(F(d)), "certificate": cert, "info": dict(F.info)}
+
+
+CHVATAL_SAMPLES = 40  # sampled subadditivity/monotonicity checks of a Chvatal dual (exact Fractions: slow)
+
+
+def key_duals(spec: dict, bb_depth: int = 4, chvatal: bool = False) -> dict:
+    """lp and bb dual functions (certified) of one per-neuron key for g = +1 and g = -1, and with
+    `chvatal` a Chvatal dual too where the key's data are integer (lattice pre-activations)."""
     A = np.asarray(spec["A"], np.float64)
     k = spec["key"]
     L, U, a, b = k["L_minus_tau"], k["U_minus_tau"], k["a_minus_tau"], k["b_minus_tau"]
     # reference points: the middle of each side of tau (the ends if the middle is off the set)
     cands = [(max(a, 0.0) + U) / 2.0, (L + min(b, 0.0)) / 2.0]
     line = sorted({L, (L + min(b, 0.0)) / 2.0, b, 0.0, a, (max(a, 0.0) + U) / 2.0, U, L - 1.0, U + 1.0})
-    out = {"key": k, "example": spec["example"], "neurons": spec["neurons"], "lp": {}, "bb": {}}
+    out = {"kind": "threshold", "key": k, "example": spec["example"], "neurons": spec["neurons"],
+           "covers": spec.get("covers", []),
+           "problem": {n: spec[n] for n in ("A", "d0", "e", "lb", "ub", "cost")}, "lp": {}, "bb": {}}
     for g in (1.0, -1.0):
         c = g * np.asarray(spec["cost"], np.float64)
 
@@ -186,20 +238,83 @@ def key_duals(spec: dict, bb_depth: int = 4) -> dict:
         out["lp"][tag] = {"s_ref": s_ref, **_entry(F_lp, spec, s_ref, p, grid)}
         F_bb = dual_function(c, A, p.b, p.integrality, p.lb, p.ub, ">=", method="bb", certify=False, depth=bb_depth)
         out["bb"][tag] = {"s_ref": s_ref, "depth": bb_depth, **_entry(F_bb, spec, s_ref, p, grid)}
+        if chvatal:
+            out.setdefault("chvatal", {})[tag] = _chvatal_entry(spec, c, A, s_ref, line)
     return out
 
 
-def keys_duals(specs: list[dict], bb_depth: int = 4) -> list[dict]:
-    """`key_duals` over a chunk of keys (the unit of work sent to an executor)."""
-    return [key_duals(s, bb_depth) for s in specs]
+def keys_duals(specs: list[dict], bb_depth: int = 4, chvatal: bool = False) -> list[dict]:
+    """`key_duals` (threshold keys) or `pool_key_duals` (MaxPool keys) over a chunk of keys (the
+    unit of work sent to an executor)."""
+    from tamec.dual.pool import pool_key_duals
+
+    return [pool_key_duals(s, bb_depth) if s.get("kind") == "maxpool" else key_duals(s, bb_depth, chvatal)
+            for s in specs]
+
+
+def block_specs(graph, block) -> tuple[list[dict], dict]:
+    """Every unique dual problem of `block`, in the order of its ops: per-neuron threshold keys
+    (`neuron_specs`) and per-output-element MaxPool keys (`tamec.dual.pool.pool_specs`), and the
+    counts: {"neurons", "unstable", "stable", "thresholds", "pools", "pool_elements"}."""
+    from tamec.dual.pool import pool_specs
+
+    specs, counts = neuron_specs(graph, block)
+    pools = [o for o in block.ops if graph.op(o).op_type == "MaxPool"]
+    first_thr = min((block.ops.index(o) for o in counts["thresholds"]), default=len(block.ops))
+    before, after, elements = [], [], 0
+    for o in pools:
+        ps, n = pool_specs(graph, block, o)
+        elements += n
+        (before if block.ops.index(o) < first_thr else after).extend(ps)
+    return before + specs + after, {**counts, "pools": pools, "pool_elements": elements}
+
+
+def row_coverage(graph, block, specs: list[dict]) -> tuple[list[dict], list[str]]:
+    """Which dual (or which role) covers each row group of `block`, and the uncovered groups.
+
+    Rows of a key's `covers` are covered by that key's duals (elements listed there; a threshold's
+    rows of stable neurons fix constant bits: F = const); `<value>:def` rows are the affine map
+    b = B_x x + b0 from the block's inputs to the duals' parameters (pre-activations, logits);
+    `<op>:levels` rows map a threshold's indicator bits to its output levels (affine)."""
+    covered: dict[str, dict] = {}
+    for s in specs:
+        for c in s["covers"]:
+            for r in c["rows"]:
+                ent = covered.setdefault(r, {"keys": 0, "elements": 0, "kind": s.get("kind", "threshold")})
+                ent["keys"] += 1
+                ent["elements"] += len(c["elements"])
+    out, uncovered = [], []
+    for r in block.rows:
+        ent = {"rows": r.name, "kind": r.kind, "size": r.size}
+        op_type = graph.op(r.op).op_type if r.op and r.op in graph.nx.nodes else ""
+        if r.name in covered:
+            cv = covered[r.name]
+            ent["covered_by"] = f"{cv['kind']} keys ({cv['keys']} key(s), {cv['elements']} element(s))"
+        elif op_type == "Threshold" and r.kind in ("big-m", "exclusive"):
+            ent["covered_by"] = "constant bits (every neuron stable: F = const, field 0)"
+        elif r.name.endswith(":def") and r.kind == "linear":
+            ent["covered_by"] = "parametrization: the affine map b = B_x x + b0 of the duals' right-hand side"
+        elif r.name.endswith(":levels") and op_type == "Threshold":
+            ent["covered_by"] = "threshold output levels: affine in the indicator bits"
+        else:
+            ent["covered_by"] = None
+            uncovered.append(r.name)
+        out.append(ent)
+    return out, uncovered
 
 
 def block_summary(keys: list[dict]) -> dict:
-    """minorant over every certificate, the share of strong bb duals, the largest lp gap."""
-    certs = [(m, e["certificate"]) for k in keys for m in ("lp", "bb") for e in k[m].values()]
+    """minorant over every certificate, the share of strong bb (and chvatal) duals, the largest lp gap."""
+    certs = [(m, e["certificate"]) for k in keys for m in ("lp", "bb", "chvatal") for e in k.get(m, {}).values()
+             if "certificate" in e]
     bb = [c for m, c in certs if m == "bb"]
+    ch = [c for m, c in certs if m == "chvatal"]
     lp_gaps = [c["gap"] for m, c in certs if m == "lp" and np.isfinite(c["gap"])]
-    return {"minorant": all(c["minorant"]["holds"] for _, c in certs),
-            "dual_feasible": all(c["dual_feasible"]["holds"] for _, c in certs),
-            "strong_bb_share": (sum(c["strong"] for c in bb) / len(bb)) if bb else None,
-            "max_gap_lp": max(lp_gaps) if lp_gaps else 0.0}
+    out = {"minorant": all(c["minorant"]["holds"] for _, c in certs),
+           "dual_feasible": all(c["dual_feasible"]["holds"] for _, c in certs),
+           "strong_bb_share": (sum(c["strong"] for c in bb) / len(bb)) if bb else None,
+           "max_gap_lp": max(lp_gaps) if lp_gaps else 0.0}
+    if ch:
+        out["chvatal"] = len(ch)
+        out["strong_chvatal_share"] = sum(c["strong"] for c in ch) / len(ch)
+    return out
