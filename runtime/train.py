@@ -1,0 +1,502 @@
+"""`tamec train`: train a BNN from an ONNX file on a bundled dataset, on the CPU.
+
+What a run does, in order (every check comes before any training step):
+ 1. checks the output folder is writable, loads the dataset (tamec.data), imports the model and
+    checks the data's example shape against the model input and its labels against the model's
+    output classes; with `--resume`, reads the checkpoint and refuses one from another model
+    (SHA-256 of the source ONNX) or another run config;
+ 2. compiles the model through the full pipeline (default passes + partition, lower-mip, dualize,
+    tame-check) so every block is dualized and tame-checked, and prints a one-line summary;
+ 3. builds the GradProgram (tamec.runtime.autograd) of the training graph with the chosen
+    backward rule and trains: mini-batches from a seeded permutation per epoch, softmax
+    cross-entropy, BatchNorm on batch statistics, the optimizer of tamec.runtime.optim, the
+    learning rate decayed by a cosine to 0 over the run (or constant). Every model and every rule
+    takes the same step, GradProgram.loss_and_grads(train=True). BLAS runs on one thread (small
+    GEMMs);
+ 4. after every epoch evaluates train and test accuracy (inference mode, running statistics),
+    writes the checkpoint atomically, and appends to metrics.json;
+ 5. at the end writes model.onnx (standard ops) and model.qonnx.onnx (BipolarQuant form), checks
+    onnxruntime's predictions on the test set against the runtime's, draws curves.png, and
+    prints `test_accuracy=0.xxxx` as the last line.
+
+Determinism and resume. One numpy Generator seeded with `seed` draws one permutation of the
+training set at the start of every epoch; the last incomplete batch is dropped (BatchNorm needs
+more than one example). The checkpoint stores the generator's state as of the start of the
+current epoch, the step reached inside it, and the running loss/accuracy sums. A run stopped by
+SIGINT (or SIGTERM) finishes the step in flight, writes a mid-epoch checkpoint and exits 130; a
+killed run (SIGKILL, power loss) keeps the checkpoint of the last finished epoch. `--resume`
+restores params, BatchNorm state, optimizer state and generator, redraws the interrupted epoch's
+permutation, skips the steps already done and continues: the result is the same bits as an
+uninterrupted run with the same seed (single-threaded or not, numpy and BLAS are deterministic
+for the same shapes).
+
+Backward rules (tamec.runtime.rules has the formulas). The default is bb-mid:5, the derivative of
+the centre of each block's relaxed interval on its depth-5 branch-and-bound leaf (the average of
+the block's lower and upper LP dual bounds: a fixed Lipschitz surrogate); K = 5 was chosen among
+3, 4, 5 by validation accuracy on the last 15 % of the training splits of digits and mnist5k
+(bench/accuracy.py; K = 4 was within 0.02 points). lp-dual and
+bb-dual:K are available but do not train: descending the lower (optimistic) dual bound pulls every
+pre-activation towards its threshold and shrinks the BatchNorm scales to ~0 (the analysis is in
+the tamec.runtime.rules docstring and issue 6's notes/train_bench.md). ste and ste-clip are the
+heuristics BinaryConnect / BinaryNet use.
+
+Interval bounds of the threshold inputs depend on the parameters (binarized weights, BatchNorm
+running statistics); the dual rules (lp-dual, bb-dual:K, lp-mid, bb-mid:K) read them. They are
+recomputed from the parameters at the start of every epoch (one bounds pass costs about as much as
+ten training steps of the digits model); a mid-epoch checkpoint keeps the epoch-start parameters
+and statistics so a resumed run uses the same bounds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tamec.errors import InputError, TamecError, UsageError
+from tamec.runtime import checkpoint as ckpt
+
+FULL_PIPELINE_EXTRA = ("partition", "lower-mip", "dualize", "tame-check")
+SCHEDULES = ("cosine", "constant")
+EVAL_BATCH = 1024
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained bits (the checkpoint refuses a resume that differs)."""
+
+    model: str | None = None
+    data: str = "digits"
+    epochs: int = 30
+    batch: int = 64
+    rule: str = "bb-mid:5"  # chosen on validation (module doc); lp-dual does not train; ste-clip is a heuristic
+    optimizer: str = "adam"
+    lr: float | None = None
+    seed: int = 0
+    bop_gamma: float = 1e-4
+    bop_threshold: float = 1e-8
+    schedule: str = "cosine"
+
+    BITS = ("data", "batch", "rule", "optimizer", "lr", "seed", "bop_gamma", "bop_threshold", "schedule")
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: final metrics, per-epoch history, the files written."""
+
+    test_accuracy: float
+    history: list[dict]
+    out: Path
+    files: dict[str, str] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+class _Stop:
+    """SIGINT/SIGTERM while training: remember it, let the current step finish (a second signal
+    interrupts at once)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, the default behaviour stays
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread while training: the GEMMs of a mini-batch are small, and a second
+    BLAS thread spinning on a busy machine made epochs 5-10x slower (measured on digits)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it BLAS keeps its default
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def writable_folder(out) -> Path:
+    """Create `out` if needed and prove it is writable (a probe file), else UsageError."""
+    p = Path(out)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".tamec-probe-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"output folder {p} is not writable: {e.strerror or e}",
+                         hint="pick another --out folder") from None
+    return p
+
+
+def check_data_vs_model(ds, graph, model_name: str):
+    """Reshape the data to the model's input if only the layout differs; refuse shape, label and
+    batch mismatches with errors that say what to do."""
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise UsageError(f"training needs a model with one input and one output, {model_name} has "
+                         f"{len(graph.inputs)} and {len(graph.outputs)}", file=model_name)
+    xin, yout = graph.values[graph.inputs[0]], graph.values[graph.outputs[0]]
+    shape = tuple(xin.shape or ())
+    if not shape:
+        raise UsageError(f"model input {xin.name!r} has no shape", file=model_name)
+    if isinstance(shape[0], int) and shape[0] > 0:
+        raise UsageError(f"model input {xin.name!r} has a fixed batch size {shape[0]}", file=model_name,
+                         hint="export the model with a dynamic batch axis (torch.onnx.export(..., "
+                              "dynamic_axes={'x': {0: 'N'}}))")
+    want = tuple(shape[1:])
+    if any(not isinstance(d, int) for d in want):
+        raise UsageError(f"model input {xin.name!r} has symbolic non-batch dims {list(shape)}", file=model_name)
+    have = tuple(ds.input_shape)
+    if have != want:
+        if math.prod(have) != math.prod(want):
+            raise InputError(f"dataset {ds.name} has examples of shape {list(have)}, the model input "
+                             f"{xin.name!r} wants {list(want)}", file=model_name,
+                             hint="pick the model for this dataset (e.g. mnist_bnn.onnx for mnist5k)")
+        ds.x_train = ds.x_train.reshape((-1,) + want)
+        ds.x_test = ds.x_test.reshape((-1,) + want)
+        ds.input_shape = want
+    oshape = tuple(yout.shape or ())
+    n_out = oshape[-1] if oshape and isinstance(oshape[-1], int) else None
+    if n_out is None or len(oshape) != 2:
+        raise UsageError(f"model output {yout.name!r} of shape {list(oshape)} is not (batch, classes)",
+                         file=model_name)
+    top = int(max(ds.y_train.max(), ds.y_test.max()))
+    low = int(min(ds.y_train.min(), ds.y_test.min()))
+    if low < 0 or top >= n_out:
+        raise InputError(f"dataset {ds.name} has labels in [{low}, {top}], the model has {n_out} output "
+                         f"classes", file=model_name, hint=f"labels must lie in [0, {n_out - 1}]")
+    return n_out
+
+
+def compile_summary(m, seconds: float) -> str:
+    """One line: blocks, dual functions, tame-check verdicts of the full-pipeline compile."""
+    st = {r.name: r.stats for r in m.history}
+    part, dual, tame = st.get("partition", {}), st.get("dualize", {}), st.get("tame-check", {})
+    structures = ", ".join(f"{k} {v}" for k, v in sorted(tame.get("structures", {}).items()))
+    not_nice = tame.get("not_nice") or []
+    verdict = f"{tame.get('nice', 0)}/{tame.get('blocks', 0)} nice ({structures})"
+    if not_nice:
+        verdict += f"; not nice: {', '.join(map(str, not_nice))}"
+    return (f"compiled: {part.get('blocks', 0)} blocks ({part.get('binarized', 0)} binarized + head), "
+            f"dualized ({dual.get('neurons', 0)} neurons, {dual.get('keys', 0)} dual keys), "
+            f"tame-check {verdict} in {seconds:.1f} s")
+
+
+def _eval(prog, params, x, y) -> tuple[float, np.ndarray]:
+    preds = np.empty(len(x), np.int64)
+    for i in range(0, len(x), EVAL_BATCH):
+        preds[i:i + EVAL_BATCH] = np.argmax(prog.forward(x[i:i + EVAL_BATCH], params, train=False), axis=1)
+    return float(np.mean(preds == y)), preds
+
+
+def _signs(params, binary) -> dict[str, np.ndarray]:
+    return {n: np.sign(params[n]).astype(np.int8) for n in sorted(binary)}
+
+
+def _write_json(path: Path, doc) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def lr_at(cfg: TrainConfig, base: float, step: int, total: int) -> float:
+    """The learning rate of global step `step` of `total`: constant, or cosine decay to 0."""
+    if cfg.schedule == "constant" or total <= 0:
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def _resolve_model(model, data: str) -> str:
+    if model is None:  # the bundled model of the dataset: mnist_bnn for mnist5k, else digits_bnn
+        from tamec.data import default_train_model
+
+        path = Path(default_train_model())
+        return str(path.with_name("mnist_bnn.onnx") if data == "mnist5k" else path)
+    if not Path(model).is_file():
+        raise UsageError(f"no model file {model}", hint="pass an ONNX file, or no MODEL for the bundled digits_bnn.onnx")
+    return str(model)
+
+
+def _check_resume(doc: dict, cfg: TrainConfig, sha: str, explicit: set[str], model: str) -> TrainConfig:
+    if doc.get("model_sha256") != sha:
+        raise UsageError(f"the checkpoint was made from another model ({doc.get('config', {}).get('model')}, "
+                         f"sha256 {str(doc.get('model_sha256'))[:12]}), not {model} (sha256 {sha[:12]})",
+                         file=model, hint="resume with the same MODEL, or start a new run without --resume "
+                                          "or with another --out")
+    saved = doc["config"]
+    for k in TrainConfig.BITS:
+        if k in explicit and getattr(cfg, k) != saved.get(k):
+            raise UsageError(f"--{k.replace('_', '-')} {getattr(cfg, k)} differs from the checkpoint's "
+                             f"{saved.get(k)}", hint=f"drop --{k.replace('_', '-')} to resume, or start a new run")
+    merged = {k: saved[k] for k in TrainConfig.BITS if k in saved}
+    return TrainConfig(model=model, epochs=cfg.epochs, **merged)
+
+
+def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: bool = True,
+          explicit: frozenset[str] = frozenset(), stdout=None, full_compile: bool = True) -> TrainResult:
+    """Run the training job `cfg` writing into `out` (see the module docstring). `full_compile=False`
+    skips step 2 (benchmarks that train one model many times)."""
+    import tamec
+    from tamec.data import load_dataset
+    from tamec.passmanager import DEFAULT_PIPELINE
+
+    say = (lambda s: print(s, file=stdout or sys.stdout, flush=True))
+    model = _resolve_model(cfg.model, cfg.data)
+    cfg.model = model
+    if cfg.epochs < 1 or cfg.batch < 2:
+        raise UsageError(f"--epochs must be >= 1 and --batch >= 2 (got {cfg.epochs}, {cfg.batch})")
+    out = writable_folder(out)
+    ck_dir = out / "checkpoint"
+    sha = ckpt.model_hash(model)
+    groups, doc = (None, None)
+    if resume:
+        groups, doc = ckpt.load(ck_dir)
+        cfg = _check_resume(doc, cfg, sha, set(explicit), model)
+    from tamec.runtime.autograd import GradProgram
+    from tamec.runtime.optim import make_optimizer
+    from tamec.runtime.rules import parse_rule
+
+    dual = parse_rule(cfg.rule).from_dual  # a bad --rule fails here, before the compile
+    if cfg.schedule not in SCHEDULES:
+        raise UsageError(f"unknown --schedule {cfg.schedule!r}", hint="use " + " or ".join(SCHEDULES))
+    ds = load_dataset(cfg.data)
+    imported = tamec.load(model)
+    n_out = check_data_vs_model(ds, imported.graph, model)
+    if len(ds.x_train) < cfg.batch:
+        raise UsageError(f"--batch {cfg.batch} is larger than the training set ({len(ds.x_train)})")
+    box = {"*": ds.input_box}
+
+    compile_s = 0.0
+    if full_compile:
+        t0 = time.perf_counter()
+        full = tamec.compile(model, pipeline=list(DEFAULT_PIPELINE) + list(FULL_PIPELINE_EXTRA), input_bounds=box)
+        compile_s = time.perf_counter() - t0
+        say(compile_summary(full, compile_s))
+    say(f"data: {ds.describe()} ({ds.split or 'as stored'}); input box {list(ds.input_box)}")
+
+    prog = GradProgram.from_model(model, rule=cfg.rule, input_bounds=ds.input_box)
+    params = {n: np.ascontiguousarray(p, dtype=np.float32) for n, p in prog.params.items()}
+    binary = frozenset(prog.binary)
+    hyper = {"gamma": cfg.bop_gamma, "threshold": cfg.bop_threshold} if cfg.optimizer == "bop" else {}
+    opt = make_optimizer(cfg.optimizer, params, binary, cfg.lr, **hyper)
+    base_lr = opt.lr
+    rng = np.random.default_rng(cfg.seed)
+    history: list[dict] = []
+    epoch0, step0, sums = 0, 0, {"loss": 0.0, "correct": 0, "seen": 0}
+    start_signs = _signs(params, binary)
+    if resume:
+        for n, a in groups["params"].items():
+            params[n][...] = a
+        for n, a in groups.get("state", {}).items():
+            prog.state[n][...] = a
+        opt.load_state(groups["opt"])
+        start_signs = {n[len("sign/"):]: a for n, a in groups.get("extra", {}).items() if n.startswith("sign/")}
+        rng.bit_generator.state = doc["rng_state"]
+        epoch0, step0, sums, history = doc["epoch"], doc["step"], doc["sums"], doc["history"]
+        say(f"resumed from {ck_dir} at epoch {epoch0 + (1 if step0 else 0)}, step {step0}")
+    elif ckpt.exists(ck_dir):
+        say(f"note: starting a new run; the checkpoint in {ck_dir} will be replaced (use --resume to continue it)")
+    n = len(ds.x_train)
+    steps = n // cfg.batch  # the last incomplete batch is dropped
+    say(f"training: rule {cfg.rule}, optimizer {json.dumps(opt.config())}, {cfg.epochs} epochs of {steps} "
+        f"steps (batch {cfg.batch}), seed {cfg.seed}")
+    config_doc = dict(asdict(cfg), lr=opt.lr, optimizer_config=opt.config(), model_sha256=sha,
+                      data_split=ds.split, input_box=list(ds.input_box), classes=n_out,
+                      train_examples=n, test_examples=len(ds.x_test), steps_per_epoch=steps)
+
+    def save(epoch, step, rng_state, sums, signs, bounds_at=None):
+        extra = {f"sign/{k}": v for k, v in signs.items()}
+        if bounds_at is not None:
+            extra.update({f"bparam/{k}": v for k, v in bounds_at[0].items()})
+            extra.update({f"bstate/{k}": v for k, v in bounds_at[1].items()})
+        meta = {"epoch": epoch, "step": step, "rng_state": rng_state, "sums": sums, "history": history,
+                "config": dict(asdict(cfg)), "model_sha256": sha, "global_step": epoch * steps + step}
+        ckpt.save(ck_dir, {"params": params, "state": dict(prog.state), "opt": opt.state_arrays(),
+                           "extra": extra}, meta)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps, initial=min(epoch0 * steps + step0, cfg.epochs * steps),
+                   unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+    wall0 = time.perf_counter()
+    last_test = history[-1]["test_accuracy"] if history else float("nan")
+    try:
+        with _Stop() as stop, _one_blas_thread():
+            for epoch in range(epoch0, cfg.epochs):
+                rng_state = rng.bit_generator.state
+                perm = rng.permutation(n)
+                first = step0 if epoch == epoch0 else 0
+                if first == 0:
+                    sums = {"loss": 0.0, "correct": 0, "seen": 0}
+                    start_signs = _signs(params, binary)
+                    if dual:
+                        prog.refresh_bounds(params)
+                        bounds_at = ({k: v.copy() for k, v in params.items()},
+                                     {k: v.copy() for k, v in prog.state.items()})
+                elif dual:  # resumed mid-epoch: the bounds of the epoch start
+                    bounds_at = ({k[len("bparam/"):]: v for k, v in groups["extra"].items() if k.startswith("bparam/")},
+                                 {k[len("bstate/"):]: v for k, v in groups["extra"].items() if k.startswith("bstate/")})
+                    now = {k: v.copy() for k, v in prog.state.items()}
+                    prog.state.update({k: v.copy() for k, v in bounds_at[1].items()})
+                    prog.refresh_bounds(bounds_at[0])
+                    prog.state.update(now)
+                if bar is not None:
+                    bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+                t_ep = time.perf_counter()
+                for k in range(first, steps):
+                    idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
+                    xb, yb = ds.x_train[idx], ds.y_train[idx]
+                    loss, grads, logits = prog.loss_and_grads(xb, yb, params, train=True)
+                    if not math.isfinite(loss):
+                        raise TamecError(f"the loss became {loss} at epoch {epoch + 1}, step {k + 1}",
+                                         hint="lower --lr")
+                    opt.set_lr(lr_at(cfg, base_lr, epoch * steps + k, cfg.epochs * steps))
+                    opt.step(params, grads)
+                    sums["loss"] += float(loss) * len(idx)
+                    sums["correct"] += int(np.sum(np.argmax(logits, axis=1) == yb))
+                    sums["seen"] += len(idx)
+                    if bar is not None:
+                        bar.update(1)
+                        if k % 5 == 0 or k == steps - 1:
+                            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}",
+                                            acc=f"{sums['correct'] / sums['seen']:.4f}",
+                                            test=f"{last_test:.4f}", refresh=False)
+                    if stop.requested and k < steps - 1:
+                        save(epoch, k + 1, rng_state, sums, start_signs, bounds_at if dual else None)
+                        if bar is not None:
+                            bar.close()
+                        say(f"interrupted at epoch {epoch + 1}, step {k + 1}/{steps}: checkpoint written to "
+                            f"{ck_dir}; continue with --resume")
+                        raise KeyboardInterrupt
+                train_s = time.perf_counter() - t_ep
+                t_ev = time.perf_counter()
+                train_acc, _ = _eval(prog, params, ds.x_train, ds.y_train)
+                last_test, _ = _eval(prog, params, ds.x_test, ds.y_test)
+                eval_s = time.perf_counter() - t_ev
+                end_signs = _signs(params, binary)
+                flipped = {b: float(np.mean(end_signs[b] != start_signs[b])) for b in end_signs}
+                history.append({"epoch": epoch + 1, "loss": sums["loss"] / max(sums["seen"], 1),
+                                "batch_accuracy": sums["correct"] / max(sums["seen"], 1),
+                                "train_accuracy": train_acc, "test_accuracy": last_test,
+                                "flipped": flipped, "seconds": train_s, "eval_seconds": eval_s})
+                save(epoch + 1, 0, rng.bit_generator.state, {"loss": 0.0, "correct": 0, "seen": 0}, end_signs)
+                _write_json(out / "metrics.json", {"config": config_doc, "epochs": history,
+                                                   "compile_seconds": compile_s, "finished": False})
+                line = (f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['loss']:.4f}, train "
+                        f"{train_acc:.4f}, test {last_test:.4f}, flipped "
+                        f"{100 * np.mean(list(flipped.values()) or [0]):.2f} %, {train_s:.2f} s")
+                if bar is not None:
+                    bar.write(line, file=stdout or sys.stdout)
+                else:
+                    say(line)
+                if stop.requested and epoch + 1 < cfg.epochs:
+                    if bar is not None:
+                        bar.close()
+                    say(f"interrupted after epoch {epoch + 1}: checkpoint written to {ck_dir}; continue with --resume")
+                    raise KeyboardInterrupt
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - wall0
+    return _finish(prog, params, ds, out, history, config_doc, compile_s, wall, say)
+
+
+def _finish(prog, params, ds, out: Path, history, config_doc, compile_s, wall, say) -> TrainResult:
+    """Export ONNX and QONNX, check onnxruntime against the runtime, write metrics and curves."""
+    import onnx
+
+    test_acc, preds = _eval(prog, params, ds.x_test, ds.y_test)
+    files = {"model": str(out / "model.onnx"), "qonnx": str(out / "model.qonnx.onnx"),
+             "metrics": str(out / "metrics.json"), "curves": str(out / "curves.png"),
+             "checkpoint": str(out / "checkpoint" / ckpt.FILE)}
+    onnx.save(prog.export_onnx(params), files["model"])
+    onnx.save(prog.export_qonnx(params), files["qonnx"])
+    ort_acc, agree = onnxruntime_accuracy(files["model"], ds.x_test, ds.y_test, preds)
+    metrics = {"config": config_doc, "epochs": history, "test_accuracy": test_acc,
+               "onnxruntime_test_accuracy": ort_acc, "onnxruntime_agrees": agree,
+               "compile_seconds": compile_s, "train_seconds": sum(h["seconds"] for h in history),
+               "wall_seconds": wall, "finished": True, "files": files}
+    _write_json(out / "metrics.json", metrics)
+    try:
+        plot_curves(history, files["curves"])
+    except Exception as e:  # noqa: BLE001  a plot must not lose a finished training run
+        say(f"note: curves.png not written: {e}")
+    say(f"wrote {files['model']} (onnxruntime test accuracy {ort_acc:.4f}"
+        + (", same predictions" if agree else ", DIFFERENT predictions from the runtime") + f"), "
+        f"{files['qonnx']}, {files['metrics']}, {files['curves']}, {files['checkpoint']}")
+    say(f"test_accuracy={test_acc:.4f}")
+    return TrainResult(test_acc, history, out, files, metrics)
+
+
+def onnxruntime_accuracy(path, x, y, preds) -> tuple[float, bool]:
+    """Test accuracy of model file `path` under onnxruntime, and whether its predictions equal `preds`."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([np.argmax(sess.run(None, {name: x[i:i + EVAL_BATCH]})[0], axis=1)
+                          for i in range(0, len(x), EVAL_BATCH)])
+    return float(np.mean(got == y)), bool(np.array_equal(got, preds))
+
+
+def plot_curves(history: list[dict], path) -> None:
+    """curves.png: loss, train/test accuracy, and the fraction of binary weights flipped per
+    epoch and block."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(ep, [h["loss"] for h in history], "o-")
+    ax[0].set(title="training loss (softmax cross-entropy)", xlabel="epoch")
+    ax[1].plot(ep, [h["train_accuracy"] for h in history], "o-", label="train")
+    ax[1].plot(ep, [h["test_accuracy"] for h in history], "s-", label="test")
+    ax[1].set(title="accuracy", xlabel="epoch")
+    ax[1].legend()
+    blocks = sorted({b for h in history for b in h["flipped"]})
+    for b in blocks:
+        ax[2].plot(ep, [max(h["flipped"].get(b, 0.0), 1e-6) for h in history], "o-", label=b)
+    ax[2].set(title="binary weights flipped per epoch", xlabel="epoch", yscale="log")
+    if blocks:
+        ax[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
