@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit
 
 from tamec.errors import InputError, UnsupportedModelError, UsageError
+from tamec.evaluator import _per_channel  # the evaluator's alignment rule, shared
 from tamec.ir.graph import Domain, Graph, Op
 from tamec.runtime import rules as R
 
@@ -58,17 +59,6 @@ def _unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
 
 def _acc(gs: list, i: int, v: np.ndarray) -> None:
     gs[i] = v if gs[i] is None else gs[i] + v
-
-
-def _per_channel(a: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-    """Align a scalar or per-channel tensor with `axis` of an ndim tensor (as the evaluator)."""
-    a = np.asarray(a)
-    if a.size == 1:
-        return a.reshape(())
-    axis %= ndim
-    if a.ndim == 1:
-        return a.reshape((-1,) + (1,) * (ndim - axis - 1))
-    return a.reshape(a.shape + (1,) * (ndim - axis - a.ndim))
 
 
 def _threshold_levels(op: Op, full_shape: tuple, batch: bool):
