@@ -221,6 +221,8 @@ CASES = [
     ("Cast-to-int64", "Cast", [HALVES * 3], {"to": onnx.TensorProto.INT64}, 9, 1),
     ("Cast-to-bool", "Cast", [WITH_ZEROS], {"to": onnx.TensorProto.BOOL}, 13, 1),
     ("Cast-to-float", "Cast", [i64(-3, 0, 5)], {"to": onnx.TensorProto.FLOAT}, 13, 1),
+    ("CastLike-to-int64", "CastLike", [HALVES * 3, K(i64(1))], {}, 15, 1),
+    ("CastLike-to-float", "CastLike", [i64(-3, 0, 5), K(np.zeros(1, np.float32))], {}, 15, 1),
     ("Max", "Max", [f32(3, 4), f32(4), f32(3, 1)], {}, 13, 1),
     ("Min", "Min", [f32(3, 4), f32(4)], {}, 9, 1),
     ("Sum", "Sum", [f32(3, 4), f32(4), f32(3, 1)], {}, 13, 1),

@@ -322,6 +322,7 @@ SPEC: dict[str, Rule] = {
     "Transpose": Rule(shape=_transpose, ints="keep"),
     "BatchNormalization": Rule(shape=_batchnorm, ints="real"),
     "Cast": Rule(shape=_same, extra=_cast_attrs),
+    "CastLike": Rule(shape=lambda op, s, g: [s[0]], data=(0,)),
     "Clip": Rule(shape=lambda op, s, g: [s[0]], ints="arith"),
     "Where": Rule(shape=_bcast, ints="keep", data=(1, 2)),
     **{t: Rule(shape=_same, ints="keep") for t in _UNARY_KEEP},
@@ -521,6 +522,8 @@ def _check_op_domain(op: Op, g: Graph, rule: Rule) -> None:
     ints = rule.ints
     if op.qualname == "Cast":
         ints = "keep" if np.issubdtype(helper.tensor_dtype_to_np_dtype(op.attrs["to"]), np.floating) else "int"
+    if op.qualname == "CastLike":  # the target type is the second input's
+        ints = "keep" if "float" in g.values[op.inputs[1]].dtype else "int"
     ins = [i for i in op.inputs if i]
     if ints == "real":
         raise _Bad(f"output %{out.name} is declared {out.domain} but {op.op_type} computes real values")
