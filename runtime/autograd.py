@@ -352,6 +352,32 @@ class GradProgram:
         for t in self.thresholds.values():
             t.coef = R.coefficients(spec, t.L, t.U, t.d, _shift_lattice(t.lattice, t.tau))
 
+    def rule_table(self) -> list[dict]:
+        """The backward rule of every activation threshold (one block each) and the proven bounds
+        it reads: what `str(prog)` prints and `tamec train` records in metrics.json."""
+        spec = R.parse_rule(self.rule)
+        kind = {"lp-dual": "LP-relaxation dual of the block", "lp-mid": "centre of the LP relaxation",
+                "bb-dual": f"B&B dual, active leaf at depth {spec.depth}",
+                "bb-mid": f"centre of the depth-{spec.depth} B&B leaf's relaxation"}.get(spec.kind, "heuristic")
+        rows = []
+        for t in self.thresholds.values():
+            L, U = t.L, t.U
+            with np.errstate(invalid="ignore"):
+                stable = (L >= 0) | (U <= 0)
+                unbounded = ~np.isfinite(L) | ~np.isfinite(U)
+            live = ~stable & ~unbounded
+            rows.append({"op": t.op.id, "origin": list(t.op.origin), "neurons": int(L.size), "rule": self.rule,
+                         "derived_from": kind, "stable": int(stable.sum()), "unbounded": int(unbounded.sum()),
+                         "min_abs_L": float(np.abs(L[live]).min()) if live.any() else None,
+                         "max_U": float(U[live].max()) if live.any() else None})
+        return rows
+
+    def __str__(self) -> str:
+        head = f"GradProgram {self.source or '<model>'}: rule {self.rule}, {len(self.params)} weights"
+        lines = [f"  {r['op']} ({', '.join(r['origin'])}): {r['neurons']} neurons, {r['stable']} stable, "
+                 f"{r['unbounded']} unbounded, {r['derived_from']}" for r in self.rule_table()]
+        return "\n".join([head] + lines)
+
     def refresh_bounds(self, params=None) -> None:
         """Recompute the interval bounds of every threshold input for `params` (binarized weights,
         BN running statistics from `state`), with the input box given at from_model."""

@@ -303,6 +303,12 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
         full = tamec.compile(model, pipeline=list(DEFAULT_PIPELINE) + list(FULL_PIPELINE_EXTRA), input_bounds=box)
         compile_s = time.perf_counter() - t0
         say(compile_summary(full, compile_s))
+        not_nice = {r.name: r.stats for r in full.history}.get("tame-check", {}).get("not_nice")
+        if not_nice and parse_rule(cfg.rule).from_dual:
+            # a dual-derived field is only promised on tame blocks; the heuristics promise nothing
+            raise UsageError(f"rule {cfg.rule} needs every block nice, the tame-check rejects {not_nice}",
+                             file=str(model), hint="fix the model (see `tamec compile --pipeline ...,tame-check`) "
+                                                   "or train with a named heuristic: --rule ste-clip")
     say(f"data: {ds.describe()} ({ds.split or 'as stored'}); input box {list(ds.input_box)}")
 
     prog = GradProgram.from_model(model, rule=cfg.rule, input_bounds=ds.input_box)
@@ -447,7 +453,7 @@ def _finish(prog, params, ds, out: Path, history, config_doc, compile_s, wall, s
     ort_acc, agree = onnxruntime_accuracy(files["model"], ds.x_test, ds.y_test, preds)
     metrics = {"config": config_doc, "epochs": history, "test_accuracy": test_acc,
                "onnxruntime_test_accuracy": ort_acc, "onnxruntime_agrees": agree,
-               "compile_seconds": compile_s, "train_seconds": sum(h["seconds"] for h in history),
+               "backward": prog.rule_table(), "compile_seconds": compile_s, "train_seconds": sum(h["seconds"] for h in history),
                "wall_seconds": wall, "finished": True, "files": files}
     _write_json(out / "metrics.json", metrics)
     try:

@@ -166,6 +166,10 @@ def test_cli_trains_and_exports_reproduce_the_accuracy(tmp_path, capsys):
     assert len(metrics["epochs"]) == 4 and metrics["finished"] and metrics["onnxruntime_agrees"]
     assert round(metrics["test_accuracy"], 4) == acc
     assert all(0 <= f <= 1 for h in metrics["epochs"] for f in h["flipped"].values())
+    # the backward rule of each sign layer is recorded with the proven bounds it read
+    back = metrics["backward"]
+    assert [r["rule"] for r in back] == ["ste-clip"] * 2 and [r["neurons"] for r in back] == [256, 256]
+    assert all(r["derived_from"] == "heuristic" and r["max_U"] > 0 for r in back)
     assert (out / "curves.png").stat().st_size > 1000 and ckpt.exists(out / "checkpoint")
     ds = load_dataset("digits")
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -242,3 +246,20 @@ def test_other_models_train_with_the_default_rule(tmp_path):
     assert f"rule {TrainConfig().rule}" in out.getvalue()
     assert res.metrics["onnxruntime_agrees"] and res.test_accuracy > 0.3  # chance is 0.1
     assert res.history[1]["loss"] < res.history[0]["loss"]
+
+
+def test_dual_rule_refused_on_a_block_that_is_not_nice(tmp_path, monkeypatch):
+    """A dual-derived rule needs every block tame: a tame-check that rejects a block stops training
+    before it starts, naming the block; the heuristics stay allowed (they promise nothing)."""
+    from tamec.passmanager import get_pass
+
+    tame = type(get_pass("tame-check"))
+    real = tame.rewrite
+
+    def reject(self, g, ctx, module):
+        stats = real(self, g, ctx, module)
+        return {**stats, "not_nice": ["layer1"]}
+
+    monkeypatch.setattr(tame, "rewrite", reject)
+    with pytest.raises(UsageError, match="tame-check rejects .*layer1"):
+        train(TrainConfig(epochs=1, rule="bb-mid:5"), out=tmp_path / "a", progress=False, stdout=io.StringIO())
