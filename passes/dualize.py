@@ -99,19 +99,18 @@ class Dualize(Pass):
         kind = ctx.options.get("executor") or "processes"
         blocks = module.mip.blocks
         per_block = [block_specs(g, b) for b in blocks]
-        pool, client, par = _executor(kind, workers, float(ctx.options.get("dask_timeout", 10.0)))
-        # tasks: chunks of keys (blocks differ wildly in size; chunks keep the workers even)
-        total = sum(len(s) for s, _ in per_block)
-        size = max(1, -(-total // (4 * par)))
-        tasks = [(k, ch) for k, (specs, _) in enumerate(per_block) for ch in _chunks(specs, size)]
-        results: list[list] = [[] for _ in blocks]
-        bar = None
-        if len(blocks) > 8:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            bar = tqdm(total=len(tasks), desc="dualize", unit="chunk", leave=False)
-        outs = None
-        try:
+        pool, client, par = _executor(kind, workers, float(ctx.options.get("dask_timeout", 10.0)))
+        bar = outs = None
+        try:  # from here on the pool and the client are always shut down
+            # tasks: chunks of keys (blocks differ wildly in size; chunks keep the workers even)
+            total = sum(len(s) for s, _ in per_block)
+            size = max(1, -(-total // (4 * par)))
+            tasks = [(k, ch) for k, (specs, _) in enumerate(per_block) for ch in _chunks(specs, size)]
+            results: list[list] = [[] for _ in blocks]
+            if len(blocks) > 8:
+                bar = tqdm(total=len(tasks), desc="dualize", unit="chunk", leave=False)
             if pool is None:
                 outs = (keys_duals(ch, depth, chvatal) for _, ch in tasks)
             else:

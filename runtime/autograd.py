@@ -1252,7 +1252,7 @@ def _maxpool(prog, op, ins, out):
         for k, (_, xs) in enumerate(_offsets(xp, win)):
             if y is None:
                 y = xs.copy()
-                arg = np.zeros(y.shape, np.int8)
+                arg = np.zeros(y.shape, np.int32)  # window index: windows may exceed 127 taps
             else:
                 m = xs > y  # strict: ties stay with the first maximum in window order
                 np.copyto(y, xs, where=m)

@@ -42,7 +42,8 @@ def save(folder, groups: dict[str, dict[str, np.ndarray]], meta: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(f".{FILE}.tmp-*"):  # left by a process killed while writing
-        stale.unlink(missing_ok=True)
+        if not _alive(stale.name.rpartition("-")[2]):  # never another live writer's file
+            stale.unlink(missing_ok=True)
     arrays, index = {}, []
     for group, named in groups.items():
         for name, a in named.items():
@@ -51,18 +52,35 @@ def save(folder, groups: dict[str, dict[str, np.ndarray]], meta: dict) -> Path:
     doc = dict(meta, format=FORMAT, index=index)
     arrays["meta"] = np.array(json.dumps(doc, sort_keys=True))
     final = folder / FILE
-    tmp = folder / f".{FILE}.tmp-{os.getpid()}"
+    atomic_write(final, lambda f: np.savez(f, **arrays))
+    return final
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write `path` by `write(binary file)` into a temporary file beside it, fsync, rename, fsync
+    the folder: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(folder)
-    return final
+    _fsync_dir(path.parent)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return int(pid) != os.getpid()
 
 
 def _fsync_dir(folder: Path) -> None:

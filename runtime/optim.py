@@ -80,6 +80,13 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1)
 
 
+def _checked_lr(lr) -> float:
+    lr = float(lr)
+    if not lr >= 0 or not math.isfinite(lr):
+        raise UsageError(f"learning rate must be a non-negative number, got {lr}")
+    return lr
+
+
 class Optimizer:
     """Common part: the parameter names it owns, its hyperparameters, its state arrays."""
 
@@ -88,16 +95,16 @@ class Optimizer:
 
     def __init__(self, params: dict[str, np.ndarray], binary=frozenset(), lr: float | None = None, **hyper):
         self.binary = frozenset(binary)
-        self.lr = float(DEFAULT_LR[self.name] if lr is None else lr)
-        if not self.lr > 0 or not math.isfinite(self.lr):
+        self.lr = _checked_lr(DEFAULT_LR[self.name] if lr is None else lr)
+        if self.lr == 0:
             raise UsageError(f"learning rate must be a positive number, got {lr}")
         self.hyper = dict(hyper)
         self.t = 0
         self.state = {s: {n: np.zeros_like(p, dtype=np.float32) for n, p in params.items()} for s in self.slots}
 
     def set_lr(self, lr: float) -> None:
-        """The learning rate for the next steps (a schedule sets it every step)."""
-        self.lr = float(lr)
+        """The learning rate for the next steps (a schedule sets it every step; 0 ends a cosine)."""
+        self.lr = _checked_lr(lr)
 
     def config(self) -> dict:
         """Name and hyperparameters, for metrics.json and the checkpoint."""
@@ -121,6 +128,9 @@ class Optimizer:
                     raise UsageError(f"optimizer state {key!r} missing or of the wrong shape",
                                      hint="the checkpoint was made with another optimizer or model")
                 a[...] = arrays[key]
+        if "t" not in arrays:
+            raise UsageError("optimizer step count 't' missing from the checkpoint",
+                             hint="the checkpoint was made with another optimizer or model")
         self.t = int(arrays["t"])
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import tempfile
@@ -211,13 +210,12 @@ def _eval(prog, params, x, y) -> tuple[float, np.ndarray]:
 
 
 def _signs(params, binary) -> dict[str, np.ndarray]:
-    return {n: np.sign(params[n]).astype(np.int8) for n in sorted(binary)}
+    return {n: np.where(params[n] >= 0, 1, -1).astype(np.int8) for n in sorted(binary)}  # 0 -> +1
 
 
 def _write_json(path: Path, doc) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n"
+    ckpt.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _json_default(o):
@@ -272,16 +270,17 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
     from tamec.passmanager import DEFAULT_PIPELINE
 
     say = (lambda s: print(s, file=stdout or sys.stdout, flush=True))
-    model = _resolve_model(cfg.model, cfg.data)
-    cfg.model = model
     if cfg.epochs < 1 or cfg.batch < 2:
         raise UsageError(f"--epochs must be >= 1 and --batch >= 2 (got {cfg.epochs}, {cfg.batch})")
     out = writable_folder(out)
     ck_dir = out / "checkpoint"
+    groups, doc = ckpt.load(ck_dir) if resume else (None, None)
+    # resuming without MODEL: the bundled model of the checkpoint's dataset, not of the default one
+    data = doc["config"].get("data", cfg.data) if resume and "data" not in explicit else cfg.data
+    model = _resolve_model(cfg.model, data)
+    cfg.model = model
     sha = ckpt.model_hash(model)
-    groups, doc = (None, None)
     if resume:
-        groups, doc = ckpt.load(ck_dir)
         cfg = _check_resume(doc, cfg, sha, set(explicit), model)
     from tamec.runtime.autograd import GradProgram
     from tamec.runtime.optim import make_optimizer
@@ -304,7 +303,7 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
         compile_s = time.perf_counter() - t0
         say(compile_summary(full, compile_s))
         not_nice = {r.name: r.stats for r in full.history}.get("tame-check", {}).get("not_nice")
-        if not_nice and parse_rule(cfg.rule).from_dual:
+        if not_nice and dual:
             # a dual-derived field is only promised on tame blocks; the heuristics promise nothing
             raise UsageError(f"rule {cfg.rule} needs every block nice, the tame-check rejects {not_nice}",
                              file=str(model), hint="fix the model (see `tamec compile --pipeline ...,tame-check`) "

@@ -337,7 +337,8 @@ def cmd_grad(a) -> int:
     if "loss" in grads:
         raise UsageError("the model has a weight named 'loss'", hint="rename it; GRADS.npz keys are loss and weights")
     try:
-        np.savez(a.output, loss=np.float32(loss), **grads)
+        with open(a.output, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez(f, loss=np.float32(loss), **grads)
     except OSError as e:
         raise UsageError(f"cannot write {a.output}: {e.strerror}", hint="pick a writable path") from None
     print(f"loss {loss:.6g} (mean softmax cross-entropy over {x.shape[0]} examples, rule {prog.rule})")

@@ -133,10 +133,15 @@ def window_states(spec: dict, max_states: int = MAX_STATES, seed: int = 0) -> np
     total = len(levels) ** k
     if total <= max_states:
         states = list(itertools.product(levels, repeat=k))
-    else:  # distinct states: indices drawn without replacement, read as base-len(levels) digits
-        rng = np.random.default_rng(seed)  # 0: every element top; total - 1: every element bottom
-        idx = [0, total - 1] + sorted(rng.choice(np.arange(1, total - 1), max_states - 2, replace=False).tolist())
-        states = [tuple(levels[(i // len(levels) ** q) % len(levels)] for q in range(k)) for i in idx]
+    else:  # distinct random states plus both extremes, drawn digit by digit: 3^25 states never
+        rng = np.random.default_rng(seed)  # have to exist as an index array
+        top, bottom = (levels[0],) * k, (levels[-1],) * k
+        picked: set = set()
+        while len(picked) < max_states - 2:
+            st = tuple(rng.choice(levels, k).tolist())
+            if st != top and st != bottom:
+                picked.add(st)
+        states = [top, bottom] + sorted(picked)
     return np.unique(np.array([bits(s) for s in states]).reshape(-1, len(kinds)), axis=0)
 
 
