@@ -462,32 +462,10 @@ class _Emitter:
 
 def to_qonnx(graph) -> onnx.ModelProto:
     """`graph` with tamec's ops lowered to standard ONNX and QONNX ops kept in their domain."""
-    from tamec.export.onnx import LOWER, _Builder, _initializer, _node, _value_info
-    from tamec.ops import TAMEC_DOMAIN
+    from tamec.export.onnx import to_onnx
 
-    g = graph
-    opset = max(g.opset.get("", 13), 11)
-    ops = g.ops()
-    bad = sorted({op.qualname for op in ops if op.domain not in ("", QONNX_DOMAIN) and
-                  (op.domain, op.op_type) not in LOWER})
-    if bad:
-        raise UnsupportedModelError(f"no QONNX form for {', '.join(bad)}", op=bad[0])
-    b = _Builder(g, opset)
-    for op in ops:
-        if op.domain == TAMEC_DOMAIN:
-            LOWER[op.domain, op.op_type](b, op)
-        else:
-            b.nodes.append(_node(op))
-    used = {i for nd in b.nodes for i in nd.input if i in g.values} | set(g.outputs) | set(g.inputs)
-    consts = [g.values[nm] for nm in sorted(used) if g.values[nm].const is not None]
-    io = set(g.inputs) | set(g.outputs)
-    inner = [g.values[o] for op in ops for o in op.outputs if o not in io]
-    onnx_graph = helper.make_graph(b.nodes, g.name, [_value_info(g.values[nm]) for nm in g.inputs],
-                                   [_value_info(g.values[nm]) for nm in g.outputs],
-                                   initializer=[_initializer(v) for v in consts] + b.inits,
-                                   value_info=[_value_info(v) for v in inner])
-    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(QONNX_DOMAIN, 1)]
-    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="tamec",
-                              producer_version=tamec.__version__)
-    model.ir_version = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 7)
+    g = graph.copy()
+    g.opset[""] = max(g.opset.get("", 13), 11)
+    model = to_onnx(g, standard=True, keep_domains={QONNX_DOMAIN})
+    model.ir_version = max(model.ir_version, 7)
     return model

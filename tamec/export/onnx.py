@@ -243,23 +243,26 @@ def _node(op: Op) -> onnx.NodeProto:
     return n
 
 
-def to_onnx(graph: Graph, *, standard: bool = False) -> onnx.ModelProto:
-    """`graph` as an ONNX model: faithful (custom ops kept) or, with `standard`, default-domain only."""
+def to_onnx(graph: Graph, *, standard: bool = False, keep_domains=frozenset()) -> onnx.ModelProto:
+    """`graph` as an ONNX model: faithful (custom ops kept) or, with `standard`, default-domain only
+    except for the custom domains in `keep_domains` (the QONNX form keeps BipolarQuant)."""
     g = graph
     opset = g.opset.get("", 13)
     ops = g.ops()
-    if standard:
-        bad = sorted({op.qualname for op in ops if op.domain and (op.domain, op.op_type) not in LOWER})
+    lowered = [op for op in ops if standard and op.domain and op.domain not in keep_domains]
+    if lowered:
+        bad = sorted({op.qualname for op in lowered if (op.domain, op.op_type) not in LOWER})
         if bad:
             raise UnsupportedModelError(
                 f"no standard ONNX form for {', '.join(bad)}", op=bad[0],
                 hint="export with standard=False (custom ops kept), or lower these ops first")
-        if opset < MIN_STANDARD_OPSET and any(op.domain for op in ops):
+        if opset < MIN_STANDARD_OPSET:
             raise UnsupportedModelError(f"standard export of custom ops needs opset >= {MIN_STANDARD_OPSET}, "
                                         f"graph has {opset}", hint="raise the graph's opset first")
     b = _Builder(g, opset)
+    lower = {id(op) for op in lowered}
     for op in ops:
-        if standard and op.domain:
+        if id(op) in lower:
             LOWER[op.domain, op.op_type](b, op)
         else:
             b.nodes.append(_node(op))
@@ -279,7 +282,7 @@ def to_onnx(graph: Graph, *, standard: bool = False) -> onnx.ModelProto:
     domains = {"": opset}
     if not standard:
         domains.update({d: v for d, v in g.opset.items() if d not in ("", "ai.onnx")})
-        domains.update({op.domain: g.opset.get(op.domain, 1) for op in ops if op.domain})
+    domains.update({op.domain: g.opset.get(op.domain, 1) for op in ops if op.domain and id(op) not in lower})
     opsets = [helper.make_opsetid(d, v) for d, v in sorted(domains.items())]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="tamec",
                               producer_version=tamec.__version__)
