@@ -127,12 +127,8 @@ class _Stop:
 def _one_blas_thread():
     """Limit BLAS to one thread while training: the GEMMs of a mini-batch are small, and a second
     BLAS thread spinning on a busy machine made epochs 5-10x slower (measured on digits)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it BLAS keeps its default
-        import contextlib
+    from threadpoolctl import threadpool_limits
 
-        return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
 
