@@ -1,11 +1,13 @@
 """bounds: sound elementwise interval bounds for every tensor, from the input box.
 
-Rules (lo, hi per element, batch dim 1, float64):
+Each op's rule is its registry entry's `bounds` (tamec/ops/; lo, hi per element, batch dim 1,
+float64):
   Linear/Conv      split W = W+ + W-: lo = W+ lo_x + W- hi_x + b (and the mirror for hi).
   BatchNorm        per-channel affine a (x - mean) + B, ends swapped where a < 0.
   + - * /          interval arithmetic; division by an interval holding 0 is unbounded.
   Threshold        the set of levels each element can reach (lo, hi, tie) given x's bounds.
-  monotone ops     Relu, Clip, pools, reshapes, quantizers, Sign, ...: the op on lo and on hi.
+  monotone ops     Relu, Clip, pools, reshapes, quantizers, Sign, ...: the op on lo and on hi,
+                   ordered (a decreasing quantizer, e.g. a negative scale, swaps them).
   anything else    unbounded, then clipped to the value's domain: sound, never guessed.
 Real-valued results are widened by 1e-5 relative so that float32 evaluation stays inside.
 
@@ -22,36 +24,15 @@ import numpy as np
 
 from tamec.ir.graph import Graph, Op
 from tamec.ir.rewrite import eval_op
+from tamec.ops import lookup
+from tamec.ops.threshold import ThresholdParams
 from tamec.passmanager import Pass, input_box, register
 
-MONOTONE = frozenset("""Relu Clip HardSigmoid Sigmoid Tanh MaxPool AveragePool GlobalAveragePool Reshape
-Flatten Transpose Squeeze Unsqueeze Identity Gather Slice Floor Ceil Round Exp Softsign Softplus LeakyRelu
-Elu Erf Expand Cast Concat Max Min Sum Mean ReduceMean ReduceSum ReduceMax Sign Dropout Pad BipolarQuant
-Quant MultiThreshold Trunc""".split())
 WIDEN = 1e-5
 
 
 def _widen(lo, hi):
     return lo - WIDEN * (1 + np.abs(lo)), hi + WIDEN * (1 + np.abs(hi))
-
-
-def _conv(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
-    """Plain float64 NCHW convolution (2-D), for bounds only."""
-    n, c, h, wd = x.shape
-    m, cg, kh, kw = w.shape
-    group = int(attrs.get("group", 1))
-    sh, sw = attrs.get("strides", [1, 1])
-    dh, dw = attrs.get("dilations", [1, 1])
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    win = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # n, c, oh, ow, kh, kw
-    outs = []
-    for gi in range(group):
-        xs = win[:, gi * cg:(gi + 1) * cg]
-        ws = w[gi * (m // group):(gi + 1) * (m // group)]
-        outs.append(np.einsum("ncyxij,mcij->nmyx", xs, ws, optimize=True))
-    return np.concatenate(outs, axis=1)
 
 
 class Intervals:
@@ -66,105 +47,37 @@ class Intervals:
             return c, c
         return self.b.get(name)
 
-    def op(self, op: Op) -> tuple[np.ndarray, np.ndarray] | None:
-        g, q = self.g, op.qualname
-        data = [i for i in op.inputs if i and g.const(i) is None]
-        ins = [self.get(i) if i else None for i in op.inputs]
-        if any(self.get(i) is None for i in data):
-            return None
-        params = [g.const(i) for i in op.inputs[1:]]
-        if q in ("tamec.Linear", "Conv", "BatchNormalization") and any(
-                p is None for i, p in zip(op.inputs[1:], params) if i):
-            return None  # parameters fed at run time: unbounded, which is sound
-        if q in ("tamec.Linear", "Conv"):
-            (lo, hi), w = ins[0], g.const(op.inputs[1]).astype(np.float64)
-            wp, wn = np.maximum(w, 0), np.minimum(w, 0)
-            if q == "Conv":
-                ylo = _conv(lo, wp, op.attrs) + _conv(hi, wn, op.attrs)
-                yhi = _conv(hi, wp, op.attrs) + _conv(lo, wn, op.attrs)
-            else:
-                ylo, yhi = lo @ wp.T + hi @ wn.T, hi @ wp.T + lo @ wn.T
-            if len(op.inputs) > 2 and op.inputs[2]:
-                bias = g.const(op.inputs[2]).astype(np.float64)
-                bias = bias.reshape((-1,) + (1,) * (ylo.ndim - 2)) if q == "Conv" else bias
-                ylo, yhi = ylo + bias, yhi + bias
-            return ylo, yhi
-        if q == "BatchNormalization":
-            (lo, hi) = ins[0]
-            scale, bias, mean, var = (g.const(i).astype(np.float64) for i in op.inputs[1:5])
-            a = scale / np.sqrt(var + op.attrs.get("epsilon", 1e-5))
-            sh = (-1,) + (1,) * (lo.ndim - 2)
-            a, mean, bias = a.reshape(sh), mean.reshape(sh), bias.reshape(sh)
-            y1, y2 = a * (lo - mean) + bias, a * (hi - mean) + bias
-            return np.minimum(y1, y2), np.maximum(y1, y2)
-        if q in ("Add", "Sub", "Mul", "Div") and len(ins) == 2:
-            (l1, h1), (l2, h2) = ins
-            if q == "Add":
-                return l1 + l2, h1 + h2
-            if q == "Sub":
-                return l1 - h2, h1 - l2
-            if q == "Div":
-                if np.any((l2 <= 0) & (h2 >= 0)):
-                    return None
-                l2, h2 = 1 / h2, 1 / l2
-            p = np.stack(np.broadcast_arrays(l1 * l2, l1 * h2, h1 * l2, h1 * h2))
-            return p.min(0), p.max(0)
-        if q == "Neg":
-            lo, hi = ins[0]
-            return -hi, -lo
-        if q == "Abs":
-            lo, hi = ins[0]
-            return np.where(lo >= 0, lo, np.where(hi <= 0, -hi, 0)), np.maximum(np.abs(lo), np.abs(hi))
-        if q == "tamec.Threshold":
-            return self.threshold(op, ins[0])
-        if q in ("Softmax",):
-            shape = ins[0][0].shape
-            return np.zeros(shape), np.ones(shape)
-        if op.op_type in MONOTONE and (op.op_type not in ("BipolarQuant", "Quant") or
-                                       np.all(g.const(op.inputs[1]) > 0)):
-            feeds_lo = {i: self.get(i)[0] for i in data}
-            feeds_hi = {i: self.get(i)[1] for i in data}
-            try:
-                lo = eval_op(g, op, feeds_lo)[0].astype(np.float64)
-                hi = eval_op(g, op, feeds_hi)[0].astype(np.float64)
-            except Exception:  # noqa: BLE001  unbounded is always sound
-                return None
-            return lo, hi
-        return None
+    def const(self, name: str):
+        return self.g.const(name)
 
-    def threshold(self, op: Op, x):
-        lo, hi = x
-        a = op.attrs
-        tau = np.asarray(a["tau"], np.float64)
-        if tau.ndim:
-            shape = [1] * lo.ndim
-            shape[a["axis"]] = tau.size
-            tau = tau.reshape(shape)
-            flip = np.asarray(a["flip"], bool).reshape(shape)
-        else:
-            flip = np.asarray(a["flip"], bool)
-        up_lvl = np.where(flip, a["lo"], a["hi"])
-        dn_lvl = np.where(flip, a["hi"], a["lo"])
-        with np.errstate(invalid="ignore"):
-            can_up, can_dn = hi > tau, lo < tau
-            can_tie = ~(lo > tau) & ~(hi < tau)
-        inf = np.inf
-        ylo = np.minimum(np.minimum(np.where(can_up, up_lvl, inf), np.where(can_dn, dn_lvl, inf)),
-                         np.where(can_tie, a["tie"], inf))
-        yhi = np.maximum(np.maximum(np.where(can_up, up_lvl, -inf), np.where(can_dn, dn_lvl, -inf)),
-                         np.where(can_tie, a["tie"], -inf))
-        return ylo, yhi
+    def op(self, op: Op) -> tuple[np.ndarray, np.ndarray] | None:
+        """The op's registry bounds rule on its inputs' intervals (None: unbounded, sound)."""
+        d = lookup(op)
+        ins = [self.get(i) if i else None for i in op.inputs]
+        if d is None or d.bounds is None or any(self.get(i) is None for i in op.inputs if i):
+            return None
+        return d.bounds(self, op, [b for b in ins if b is not None])
+
+    def monotone(self, op: Op, every_input: bool = False):
+        """The op on the lower ends and on the upper ends, ordered per element: sound for an op
+        monotone in its data input (either direction), or increasing in every input
+        (`every_input`). Any other non-constant input: unbounded."""
+        g = self.g
+        data = [i for i in op.inputs if i and g.const(i) is None]
+        if not every_input and any(i != op.inputs[0] for i in data):
+            return None
+        try:
+            a = eval_op(g, op, {i: self.get(i)[0] for i in data})[0].astype(np.float64)
+            b = eval_op(g, op, {i: self.get(i)[1] for i in data})[0].astype(np.float64)
+        except Exception:  # noqa: BLE001  unbounded is always sound
+            return None
+        return np.minimum(a, b), np.maximum(a, b)
 
 
 def threshold_report(op: Op, x_bounds, x_domain) -> dict:
     """Stable neurons, largest big-M and reachable ties of one threshold layer."""
     lo, hi = x_bounds
-    tau = np.asarray(op.attrs["tau"], np.float64)
-    if tau.ndim:
-        shape = [1] * lo.ndim
-        shape[op.attrs["axis"]] = tau.size
-        tau = tau.reshape(shape)
-    tau = np.broadcast_to(tau, lo.shape)
+    tau = np.broadcast_to(ThresholdParams.of(op).aligned(lo.ndim)[0], lo.shape)
     with np.errstate(invalid="ignore"):
         stable = (lo > tau) | (hi < tau) | ~np.isfinite(tau)
         inside = (lo <= tau) & (tau <= hi)

@@ -38,8 +38,9 @@ import numpy as np
 from numba import njit
 
 from tamec.errors import InputError, UnsupportedModelError, UsageError
-from tamec.evaluator import _per_channel  # the evaluator's alignment rule, shared
 from tamec.ir.graph import Domain, Graph, Op
+from tamec.ops.conv import offsets, pad_spatial, window
+from tamec.ops.threshold import ThresholdParams
 from tamec.runtime import rules as R
 
 WEIGHT_CHAIN = frozenset({"tamec.Threshold", "Transpose", "Reshape", "Identity", "Flatten"})
@@ -64,22 +65,10 @@ def _acc(gs: list, i: int, v: np.ndarray) -> None:
 def _threshold_levels(op: Op, full_shape: tuple, batch: bool):
     """Per-element (tau f64, up, down, tie f32) of a Threshold over a tensor of `full_shape`
     (batch dim included when `batch`), flattened without the batch dim."""
-    a = op.attrs
-    tau = np.asarray(a["tau"], np.float64)
-    flip = np.asarray(a.get("flip", False), bool)
-    flip = np.broadcast_to(flip, tau.shape) if flip.size == 1 else flip.reshape(tau.shape)
-    axis = int(a.get("axis", 1))
-    lo, hi, tie = float(a.get("lo", -1.0)), float(a.get("hi", 1.0)), float(a["tie"])
-    nd = len(full_shape)
-    t = _per_channel(tau, nd, axis)
-    f = _per_channel(flip, nd, axis)
+    p = ThresholdParams.of(op)
     target = (1,) + tuple(full_shape[1:]) if batch else tuple(full_shape)
-    tau_e = np.ascontiguousarray(np.broadcast_to(t, target), np.float64).reshape(-1)
-    f_e = np.broadcast_to(f, target).reshape(-1)
-    up = np.where(f_e, lo, hi)
-    down = np.where(f_e, hi, lo)
-    tie_e = np.full(tau_e.shape, tie)
-    return tau_e, up, down, tie_e
+    tau_e, up, down = p.per_element(target)
+    return tau_e, up, down, np.full(tau_e.shape, p.tie)
 
 
 def _lattice(dom: Domain):
@@ -751,7 +740,6 @@ def _linear(prog, op, ins, out):
 
 
 def _conv(prog, op, ins, out):
-    from tamec.evaluator import _window
 
     ix, iw = ins[0], ins[1]
     ib = ins[2] if len(ins) > 2 else -1
@@ -763,17 +751,17 @@ def _conv(prog, op, ins, out):
     kshape = list(op.attrs.get("kernel_shape") or wshape[2:])
     cache = {}
 
-    def window(spatial):
+    def win_of(spatial):
         w = cache.get(spatial)
         if w is None:
-            w = cache[spatial] = _window(op.attrs, spatial, kshape)
+            w = cache[spatial] = window(op.attrs, spatial, kshape)
         return w
 
     def fwd(env, ctx):
         x, w = env[ix], env[iw]
         n, c, h, wd = x.shape
         m = w.shape[0]
-        win = window((h, wd))
+        win = win_of((h, wd))
         (ph, pw), (th, tw) = win.head, [t + e for t, e in zip(win.tail, win.extra)]
         xp = np.pad(x, ((0, 0), (0, 0), (ph, th), (pw, tw))) if ph or pw or th or tw else x
         (ho, wo), (sh, sw), (dh, dw) = win.out, win.strides, win.dilations
@@ -1234,7 +1222,6 @@ def _clip(prog, op, ins, out):
 
 
 def _maxpool(prog, op, ins, out):
-    from tamec.evaluator import _offsets, _pad_spatial, _window
 
     kshape = list(op.attrs["kernel_shape"])
     if len(kshape) != 2:
@@ -1246,10 +1233,10 @@ def _maxpool(prog, op, ins, out):
 
     def fwd(env, ctx):
         x = env[ix]
-        win = _window(op.attrs, x.shape[2:], kshape, ceil)
-        xp = _pad_spatial(x, win, -np.inf)
+        win = window(op.attrs, x.shape[2:], kshape, ceil)
+        xp = pad_spatial(x, win, -np.inf)
         y = arg = None
-        for k, (_, xs) in enumerate(_offsets(xp, win)):
+        for k, (_, xs) in enumerate(offsets(xp, win)):
             if y is None:
                 y = xs.copy()
                 arg = np.zeros(y.shape, np.int32)  # window index: windows may exceed 127 taps
@@ -1265,7 +1252,7 @@ def _maxpool(prog, op, ins, out):
             return
         arg, xshape, pshape, win = sv
         dxp = np.zeros(pshape, np.float32)
-        for k, (_, view) in enumerate(_offsets(dxp, win)):
+        for k, (_, view) in enumerate(offsets(dxp, win)):
             view += np.where(arg == k, gr, np.float32(0))
         h, w = win.head
         _acc(gs, ix, np.ascontiguousarray(dxp[:, :, h:h + xshape[2], w:w + xshape[3]]))

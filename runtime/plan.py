@@ -33,8 +33,10 @@ from typing import Callable
 import numpy as np
 
 from tamec.errors import InputError, ModelStructureError, TamecError
-from tamec.evaluator import Evaluator, _window
+from tamec.evaluator import Evaluator
 from tamec.ir.graph import Graph, Op, Value
+from tamec.ops.conv import window
+from tamec.ops.threshold import ThresholdParams
 from tamec.runtime import kernels as K
 from tamec.runtime.bits import WORD, aligned, pack, pack_weights, unpack, words
 
@@ -314,25 +316,18 @@ class _Thr:
 
 def _threshold(op: Op, channels: int, rank: int) -> _Thr | None:
     """The threshold per channel along axis 1 of a rank-`rank` input, or None if not per-channel."""
-    if "tau" not in op.attrs or "tie" not in op.attrs:
+    try:
+        p = ThresholdParams.of(op)
+    except TamecError:
+        return None  # the evaluator fallback reports it
+    per = p.per_channel(channels, rank)
+    if per is None:
         return None
-    tau = np.asarray(op.attrs["tau"], np.float64)
-    flip = np.asarray(op.attrs.get("flip", False), bool)
-    axis = int(op.attrs.get("axis", 1))
-    if rank < 2 or flip.size not in (1, tau.size) or (tau.ndim > 1 and tau.size > 1):
-        return None
-    if tau.size > 1 and (tau.size != channels or axis % rank != 1):
-        return None
-    tau_c = np.broadcast_to(tau.reshape(-1), (channels,)).astype(np.float64)
-    flip_c = np.broadcast_to(flip.reshape(-1), (channels,)) if flip.size > 1 or tau.size > 1 \
-        else np.full(channels, bool(flip.reshape(-1)[0]))
-    lo, hi, tie = float(op.attrs.get("lo", -1.0)), float(op.attrs.get("hi", 1.0)), float(op.attrs["tie"])
-    return _Thr(tau_c, np.where(flip_c, lo, hi), np.where(flip_c, hi, lo), np.full(channels, tie))
+    tau_c, flip_c = per
+    up, down = p.levels(flip_c)
+    return _Thr(tau_c, up, down, np.full(channels, p.tie))
 
 
-# ------------------------------------------------------------------------------------------------
-# The builder
-# ------------------------------------------------------------------------------------------------
 class _Fallback(Evaluator):
     """The reference evaluator's kernel preparation without preparing every op up front."""
 
@@ -795,7 +790,7 @@ class _Builder:
         m_, _, kh, kw = w.shape
         xdims = _static(self.value(conv.inputs[0]).shape)
         h, wd = xdims[1:]
-        win = _window(conv.attrs, (h, wd), [kh, kw])
+        win = window(conv.attrs, (h, wd), [kh, kw])
         oh, ow = win.out
         if (m_, oh, ow) != tuple(dims):
             raise ModelStructureError(f"Conv output {tuple(dims)} disagrees with its window {(m_, oh, ow)}")
@@ -872,7 +867,7 @@ class _Builder:
             ks = list(op.attrs.get("kernel_shape") or [kh, kw])
             if ks != [kh, kw]:
                 return False
-            win = _window(op.attrs, rep.spatial, [kh, kw])
+            win = window(op.attrs, rep.spatial, [kh, kw])
             oh, ow = win.out
             padded = any(win.head) or any(win.tail)
             geom = np.array([rep.spatial[0], rep.spatial[1], kh, kw, *win.strides, *win.dilations,
@@ -1014,7 +1009,7 @@ class _Builder:
         ps, rep = self.pslot[x]
         if len(rep.spatial) != 2:
             return False
-        win = _window(op.attrs, rep.spatial, list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
+        win = window(op.attrs, rep.spatial, list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
         oh, ow = win.out
         geom = np.array([rep.spatial[0], rep.spatial[1], *win.kernel, *win.strides, *win.dilations,
                          win.head[0], win.head[1], oh, ow], np.int64)

@@ -38,7 +38,10 @@ from onnx import AttributeProto, helper, numpy_helper
 
 from tamec.errors import InputError, ModelStructureError, TamecError, UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
-from tamec.ops import QONNX_DOMAIN, QONNX_DOMAINS, TAMEC_DOMAIN, is_supported, normalize_domain, supported_summary
+from tamec.ops import (QONNX_DOMAIN, QONNX_DOMAINS, STANDARD_OPS, attach, hook, is_supported, normalize_domain,
+                       qualname, supported_summary)
+from tamec.ops.conv import Window, offsets, pad_spatial, window
+from tamec.ops.threshold import ThresholdParams
 
 Array = np.ndarray
 Kernel = Callable[[list], list]  # inputs (None for an absent optional one) -> outputs
@@ -88,9 +91,8 @@ class Evaluator:
             raise UnsupportedModelError(
                 f"op type {op.op_type!r} in domain {op.domain!r} has no evaluator kernel",
                 node=op.id, op=op.qualname, hint=f"supported: {supported_summary()}")
-        table = {"": _STANDARD, TAMEC_DOMAIN: _TAMEC, QONNX_DOMAIN: _QONNX}[domain]
         try:
-            make = table.get(op.op_type)
+            make = hook(qualname(domain, op.op_type), "evaluate")
             kernel = make(self, op) if make else None
             return kernel or _reference_kernel(self, op)
         except TamecError as e:
@@ -400,64 +402,6 @@ def _k_linear(ev: Evaluator, op: Op) -> Kernel:
 # ------------------------------------------------------------------------------------------------
 # Convolution and pooling: one windowing scheme, a strided slice per kernel offset
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class _Window:
-    head: list[int]
-    tail: list[int]
-    extra: list[int]  # overhang past the padded input that ceil_mode windows reach
-    out: list[int]
-    strides: list[int]
-    dilations: list[int]
-    kernel: list[int]
-
-
-def _window(attrs: dict, spatial: tuple[int, ...], kernel: list[int], ceil_mode: bool = False) -> _Window:
-    """Output size and padding per ONNX (auto_pad, pads, strides, dilations, ceil_mode)."""
-    n = len(spatial)
-    strides = list(attrs.get("strides") or [1] * n)
-    dil = list(attrs.get("dilations") or [1] * n)
-    pads = list(attrs.get("pads") or [0] * (2 * n))
-    auto = attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    head, tail, out = [], [], []
-    for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dil)):
-        ext = (k - 1) * d + 1
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-size // s)
-            total = max(0, (o - 1) * s + ext - size)
-            h = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            head.append(h), tail.append(total - h), out.append(o)
-        elif auto == "VALID":
-            head.append(0), tail.append(0), out.append((size - ext) // s + 1)
-        else:
-            h, t = pads[i], pads[i + n]
-            span = size + h + t - ext
-            o = (-(-span // s) if ceil_mode else span // s) + 1
-            if ceil_mode and (o - 1) * s >= size + h:
-                o -= 1  # no window starts in the right padding (onnxruntime; ONNX shape inference differs)
-            head.append(h), tail.append(t), out.append(o)
-    if any(o <= 0 for o in out):
-        raise ValueError(f"window {kernel} does not fit input {spatial} with pads {head}+{tail}")
-    extra = [max(0, (o - 1) * s + (k - 1) * d + 1 - (size + h + t))
-             for o, s, k, d, size, h, t in zip(out, strides, kernel, dil, spatial, head, tail)]
-    return _Window(head, tail, extra, out, strides, dil, list(kernel))
-
-
-def _pad_spatial(x: Array, w: _Window, value, lead: int = 2) -> Array:
-    widths = [(0, 0)] * lead + [(h, t + e) for h, t, e in zip(w.head, w.tail, w.extra)]
-    if not any(a or b for a, b in widths):
-        return x
-    return np.pad(x, widths, constant_values=value)
-
-
-def _offsets(xp: Array, w: _Window, lead: int = 2):
-    """For each kernel offset, the strided view of padded `xp` that offset reads: (..., *out)."""
-    for kidx in np.ndindex(*w.kernel):
-        sl = tuple(slice(k * d, k * d + (o - 1) * s + 1, s)
-                   for k, d, o, s in zip(kidx, w.dilations, w.out, w.strides))
-        yield kidx, xp[(slice(None),) * lead + sl]
-
-
 def _k_conv(ev: Evaluator, op: Op) -> Kernel:
     group = int(op.attrs.get("group", 1))
     exact = _exact_operands(ev, op, 0, 1)
@@ -477,7 +421,7 @@ def _k_conv(ev: Evaluator, op: Op) -> Kernel:
         m, cg = wt.shape[:2]
         if c != cg * group or m % group:
             raise ValueError(f"input has {c} channels, weight {wt.shape} with group={group} needs {cg * group}")
-        win = _window(op.attrs, x.shape[2:], kshape)
+        win = window(op.attrs, x.shape[2:], kshape)
         if exact is not None:
             _check_domain(x, vx)
             if fw is None:
@@ -486,11 +430,11 @@ def _k_conv(ev: Evaluator, op: Op) -> Kernel:
         else:
             dt = np.result_type(x, wt)
         # channels first, so each offset's slice reshapes to one (G, Cg, N*P) operand
-        xp = _pad_spatial(x.astype(dt, copy=False).swapaxes(0, 1), win, 0)
+        xp = pad_spatial(x.astype(dt, copy=False).swapaxes(0, 1), win, 0)
         wg = wt.astype(dt, copy=False).reshape(group, m // group, cg, *kshape)
         p = math.prod(win.out)
         acc = None
-        for kidx, xs in _offsets(xp, win):
+        for kidx, xs in offsets(xp, win):
             term = np.matmul(wg[(...,) + kidx], xs.reshape(group, cg, n * p))
             acc = term if acc is None else np.add(acc, term, out=acc)
         y = acc.reshape(m, n, *win.out).swapaxes(0, 1)
@@ -512,10 +456,10 @@ def _k_maxpool(ev: Evaluator, op: Op) -> Kernel | None:
 
     def kernel(args):
         x = args[0]
-        win = _window(op.attrs, x.shape[2:], list(op.attrs["kernel_shape"]), ceil)
+        win = window(op.attrs, x.shape[2:], list(op.attrs["kernel_shape"]), ceil)
         low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         y = None
-        for _, xs in _offsets(_pad_spatial(x, win, low), win):
+        for _, xs in offsets(pad_spatial(x, win, low), win):
             y = xs.copy() if y is None else np.maximum(y, xs, out=y)
         return [y]
 
@@ -528,16 +472,16 @@ def _k_avgpool(ev: Evaluator, op: Op) -> Kernel:
 
     def kernel(args):
         x = args[0]
-        win = _window(op.attrs, x.shape[2:], list(op.attrs["kernel_shape"]), ceil)
+        win = window(op.attrs, x.shape[2:], list(op.attrs["kernel_shape"]), ceil)
         # count: cells of each window inside the data (or inside data + explicit pads)
         inner = np.ones(x.shape[2:], dtype=x.dtype)
         if include_pad:
             inner = np.pad(inner, list(zip(win.head, win.tail)), constant_values=1)
             mask = np.pad(inner, [(0, e) for e in win.extra])
         else:
-            mask = _pad_spatial(inner, win, 0, lead=0)
+            mask = pad_spatial(inner, win, 0, lead=0)
         y = cnt = None
-        for (_, xs), (_, ms) in zip(_offsets(_pad_spatial(x, win, 0), win), _offsets(mask, win, 0)):
+        for (_, xs), (_, ms) in zip(offsets(pad_spatial(x, win, 0), win), offsets(mask, win, 0)):
             y = xs.copy() if y is None else np.add(y, xs, out=y)
             cnt = ms.copy() if cnt is None else np.add(cnt, ms, out=cnt)
         return [y / cnt]
@@ -608,7 +552,7 @@ def _k_squeeze(ev: Evaluator, op: Op) -> Kernel:
     return kernel
 
 
-_STANDARD: dict[str, Callable[[Evaluator, Op], Kernel | None]] = {
+_STANDARD_KERNELS: dict[str, Callable[[Evaluator, Op], Kernel | None]] = {
     "Conv": _k_conv, "MatMul": _k_matmul, "Gemm": _k_gemm, "MaxPool": _k_maxpool,
     "AveragePool": _k_avgpool, "BatchNormalization": _k_batchnorm, "Softmax": _k_softmax,
     "LogSoftmax": lambda ev, op: _k_softmax(ev, op, log=True),
@@ -619,44 +563,13 @@ _STANDARD: dict[str, Callable[[Evaluator, Op], Kernel | None]] = {
 # ------------------------------------------------------------------------------------------------
 # tamec ops
 # ------------------------------------------------------------------------------------------------
-def _per_channel(a: Array, ndim: int, axis: int) -> Array:
-    """Align a scalar or per-channel (or per-channel-and-beyond) tensor with `axis` of an ndim tensor."""
-    a = np.asarray(a)
-    if a.size == 1:
-        return a.reshape(())
-    axis %= ndim
-    if a.ndim == 1:
-        return a.reshape((-1,) + (1,) * (ndim - axis - 1))
-    return a.reshape(a.shape + (1,) * (ndim - axis - a.ndim))
-
-
 def _k_threshold(ev: Evaluator, op: Op) -> Kernel:
-    """y = hi if x > tau, lo if x < tau, else tie; hi and lo swap where flip (see tamec.ops)."""
-    if "tau" not in op.attrs or "tie" not in op.attrs:
-        raise ModelStructureError("Threshold needs attributes tau and tie", hint="the tie rule is explicit")
-    tau = np.asarray(op.attrs["tau"], dtype=np.float64)
-    flip = np.asarray(op.attrs.get("flip", False), dtype=bool)
-    axis = int(op.attrs.get("axis", 1))
-    lo, hi = float(op.attrs.get("lo", -1.0)), float(op.attrs.get("hi", 1.0))
-    tie = float(op.attrs["tie"])
-    if flip.size not in (1, tau.size):
-        raise ModelStructureError(f"Threshold flip has {flip.size} entries, tau {tau.size}")
+    """y = hi if x > tau, lo if x < tau, else tie; hi and lo swap where flip (tamec/ops/threshold.py)."""
+    params = ThresholdParams.of(op)
     out_dt = ev.out_dtype(op)
-
-    def kernel(args):
-        x = args[0]
-        t = _per_channel(tau, x.ndim, axis)
-        f = _per_channel(np.broadcast_to(flip, tau.shape) if flip.size == 1 else flip.reshape(tau.shape),
-                         x.ndim, axis)
-        xf = x.astype(np.float64, copy=False)  # float32 -> float64 is exact: compare against f64 tau
-        up, down = np.where(f, lo, hi), np.where(f, hi, lo)
-        y = np.where(xf > t, up, np.where(xf < t, down, tie))
-        return [np.broadcast_to(y, x.shape).astype(out_dt)]
-
-    return kernel
+    return lambda args: [params.apply(args[0]).astype(out_dt)]
 
 
-_TAMEC = {"Linear": _k_linear, "Threshold": _k_threshold}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -785,5 +698,16 @@ def _k_trunc(ev: Evaluator, op: Op) -> Kernel:
     return kernel
 
 
-_QONNX = {"BipolarQuant": _k_bipolar_quant, "Quant": _k_quant, "MultiThreshold": _k_multithreshold,
-          "Trunc": _k_trunc}
+_QONNX_KERNELS = {"BipolarQuant": _k_bipolar_quant, "Quant": _k_quant, "MultiThreshold": _k_multithreshold,
+                  "Trunc": _k_trunc}
+
+# The evaluate stage of the op registry: numpy kernels where onnx.reference is slow or inexact
+# (integer-exact products), onnx.reference for every other standard op.
+for _q, _make in _STANDARD_KERNELS.items():
+    attach("evaluate", [_q], _make, how="numpy")
+attach("evaluate", sorted(q for q in STANDARD_OPS if q not in _STANDARD_KERNELS), _reference_kernel,
+       how="onnx.reference")
+attach("evaluate", ["tamec.Linear"], _k_linear, how="numpy, exact int64 on integer domains")
+attach("evaluate", ["tamec.Threshold"], _k_threshold, how="numpy (ThresholdParams.apply)")
+for _t, _make in _QONNX_KERNELS.items():
+    attach("evaluate", [f"{QONNX_DOMAIN}.{_t}"], _make, how="numpy, as qonnx's execute_node")

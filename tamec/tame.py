@@ -29,32 +29,25 @@ from typing import Any
 
 import numpy as np
 
+from tamec.ops import lookup
+from tamec.ops import registry as R
+
 SEMIALGEBRAIC = "semialgebraic"
 R_EXP = "R_exp"
 R_AN = "R_an (restricted to a proven box)"
 R_AN_EXP = "R_an,exp"
 LOCAL = "locally o-minimal"
 
-# Piecewise-linear (semilinear) ops, and ops that only move data around.
-PL_OPS = {
-    "Linear", "Conv", "MatMul", "Gemm", "Add", "Sub", "Neg", "Sum", "BatchNormalization", "Relu",
-    "LeakyRelu", "PRelu", "Clip", "HardTanh", "HardSigmoid", "Max", "Min", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceMean", "Abs",
-    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Gather",
-    "Shape", "Slice", "Pad", "Split", "Expand", "Tile", "Cast", "Dropout", "Threshold", "Sign",
-    "Step", "Heaviside", "BipolarQuant", "Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
-    "Equal", "Not", "And", "Or", "ArgMax", "ArgMin", "TensorNorm",
-}
-# Semialgebraic but not piecewise linear in general (Mul/Div are PL when one side is a constant).
-POLY_OPS = {"Mul", "Div", "Pow", "Sqrt", "Reciprocal", "ReduceSumSquare", "ReduceL2"}
-EXP_OPS = {"Exp", "Log", "Sigmoid", "Tanh", "Softplus", "Softmax", "LogSoftmax", "Elu", "Selu",
-           "Celu", "Mish", "SoftmaxCrossEntropyLoss", "LogSumExp", "ReduceLogSumExp", "Sinh", "Cosh"}
-AN_OPS = {"Sin", "Cos", "Tan", "Erf", "Gelu", "Atan", "Asin", "Acos"}
-ROUNDING_OPS = {"Floor", "Ceil", "Round", "Mod"}
-STEP_OPS = {"Threshold", "Sign", "Step", "Heaviside", "BipolarQuant", "Greater", "Less",
-            "GreaterOrEqual", "LessOrEqual", "Equal"}
-DISCONTINUOUS = STEP_OPS | ROUNDING_OPS
-LOG_OPS = {"Log"}  # definable in R_exp only on (0, inf): the input bounds must prove it
+# Each op's tame class is its registry entry's (tamec/ops): one definition, so the classes cover
+# exactly the ops tamec imports.
+STRUCTURE = {R.PL: SEMIALGEBRAIC, R.STEP: SEMIALGEBRAIC, R.POLY: SEMIALGEBRAIC, R.RATIONAL: SEMIALGEBRAIC,
+             R.EXP: R_EXP, R.LOG: R_EXP, R.ANALYTIC: R_AN, R.ROUNDING: SEMIALGEBRAIC}
+
+
+def tame_class(op) -> str | None:
+    d = lookup(op)
+    return None if d is None else d.tame
+
 
 OBJECTIVES = {"linear": SEMIALGEBRAIC, "none": SEMIALGEBRAIC, "hinge": SEMIALGEBRAIC,
               "cross-entropy": R_EXP, "softmax": R_EXP, "log-sum-exp": R_EXP, "logistic": R_EXP}
@@ -117,38 +110,38 @@ def _has_const_operand(graph, op) -> bool:
 def op_structure(graph, op) -> tuple[str, dict | None]:
     """(structure of the op, problem or None). A problem is {op, node, reason}."""
     t = op.op_type
+    cls = tame_class(op)
     where = {"op": op.id, "node": node_name(op), "op_type": op.qualname}
     x = op.inputs[0] if op.inputs else ""
-    if t in PL_OPS or t in POLY_OPS:
-        if t not in ("Div", "Reciprocal"):
-            return SEMIALGEBRAIC, None
+    if cls is None:
+        return SEMIALGEBRAIC, {**where, "reason": f"op type {op.qualname} is not known to be definable in an "
+                               "o-minimal structure"}
+    if cls == R.RATIONAL:
         den = op.inputs[1] if t == "Div" and len(op.inputs) > 1 else x
         b = _bounds(graph, den)
         if b is not None and b[0] <= 0 <= b[1]:
             return SEMIALGEBRAIC, {**where, "reason": f"division by %{den} whose bounds "
                                    f"[{b[0]:.6g}, {b[1]:.6g}] contain 0: a pole, not definable as a function there"}
         return SEMIALGEBRAIC, None
-    if t in EXP_OPS:
-        if t in LOG_OPS:
-            b = _bounds(graph, x)
-            if b is None or not b[0] > 0:
-                lo = "unknown" if b is None else f"{b[0]:.6g}"
-                return R_EXP, {**where, "reason": f"Log of %{x} whose lower bound {lo} is not > 0: "
-                               "log is definable in R_exp only on (0, inf)"}
+    if cls == R.LOG:
+        b = _bounds(graph, x)
+        if b is None or not b[0] > 0:
+            lo = "unknown" if b is None else f"{b[0]:.6g}"
+            return R_EXP, {**where, "reason": f"Log of %{x} whose lower bound {lo} is not > 0: "
+                           "log is definable in R_exp only on (0, inf)"}
         return R_EXP, None
-    if t in AN_OPS:
+    if cls == R.ANALYTIC:
         b = _bounds(graph, x)
         if not _finite(b):
             return R_AN, {**where, "reason": f"{t} of %{x} with unbounded input {b}: analytic functions are "
                           "definable (in R_an) only restricted to a proven compact box; tighten its bounds"}
         return R_AN, None
-    if t in ROUNDING_OPS:
+    if cls == R.ROUNDING:
         if _irrational(graph, op):
             return LOCAL, {**where, "reason": f"{t} with an irrational coefficient (flag `irrational`): "
                            "rounding is locally o-minimal only with rational coefficients"}
         return (SEMIALGEBRAIC if _finite(_bounds(graph, x)) else LOCAL), None
-    return SEMIALGEBRAIC, {**where, "reason": f"op type {op.qualname} is not known to be definable in an "
-                           "o-minimal structure"}
+    return STRUCTURE[cls], None
 
 
 def objective_structure(block) -> tuple[str, dict | None]:
@@ -186,7 +179,7 @@ def structure(graph, block) -> tuple[str, list[dict]]:
 def compactness(graph, block) -> tuple[dict, list[dict]]:
     """Every integer/binary group with its bounds and their source, the pre-activation groups'
     bound sources, and a problem for each integer group with an infinite bound."""
-    pre = {op.inputs[0] for op in _block_ops(graph, block) if op.op_type in STEP_OPS and op.inputs}
+    pre = {op.inputs[0] for op in _block_ops(graph, block) if tame_class(op) == R.STEP and op.inputs}
     ints, preacts, problems = [], [], []
     for v in block.vars:
         val = graph.values.get(v.encodes) if v.encodes else None
@@ -220,8 +213,8 @@ def compactness(graph, block) -> tuple[dict, list[dict]]:
 
 def _pieces_per_element(graph, op) -> int | None:
     """Smooth pieces of one output element of a nonsmooth op (None: infinitely many); 0 if smooth."""
-    t = op.op_type
-    if t in STEP_OPS:
+    t, cls = op.op_type, tame_class(op)
+    if cls == R.STEP:
         out = graph.values.get(op.outputs[0])
         lo, hi, tie = op.attrs.get("lo", -1.0), op.attrs.get("hi", 1.0), op.attrs.get("tie", 0.0)
         ternary = out is not None and out.domain.kind == "ternary"
@@ -237,7 +230,7 @@ def _pieces_per_element(graph, op) -> int | None:
     if t in ("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin"):
         k = op.attrs.get("kernel_shape")
         return int(np.prod(k)) if k is not None else 2
-    if t in ROUNDING_OPS:
+    if cls == R.ROUNDING:
         b = _bounds(graph, op.inputs[0])
         if not _finite(b):
             return None
@@ -262,7 +255,7 @@ def nonsmooth_pieces(graph, block) -> dict:
 def discontinuous_ops(graph, block) -> list[dict]:
     """Every definable op that is not Lipschitz, named with op id and ONNX node."""
     return [{"op": op.id, "node": node_name(op), "op_type": op.qualname, "note": JUMP_NOTE}
-            for op in _block_ops(graph, block) if op.op_type in DISCONTINUOUS]
+            for op in _block_ops(graph, block) if tame_class(op) in R.DISCONTINUOUS]
 
 
 def rational_data(graph, block) -> bool:
@@ -285,7 +278,7 @@ def lipschitz(graph, block, struct: str, nice: bool) -> str:
     if struct != SEMIALGEBRAIC:
         return f"not established: structure {struct} is not semialgebraic piecewise-linear"
     for op in _block_ops(graph, block):
-        if op.op_type in POLY_OPS and not (op.op_type in ("Mul", "Div") and _has_const_operand(graph, op)):
+        if tame_class(op) in (R.POLY, R.RATIONAL) and not (op.op_type in ("Mul", "Div") and _has_const_operand(graph, op)):
             return f"not established: op {op.id} ({op.qualname}, node {node_name(op)}) is not piecewise linear"
     for v in block.vars:
         if not (np.all(np.isfinite(v.lb)) and np.all(np.isfinite(v.ub))):

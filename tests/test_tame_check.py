@@ -127,17 +127,17 @@ def _graph(*chain, x_bounds=None):
     return g, block
 
 
-def test_sin_needs_a_proven_box():
-    """Sin of an unbounded input is rejected naming the node; on a finite box it is R_an, with Exp
-    it is R_an,exp."""
-    g, b = _graph(("Sin", "my_sin", {}, None, (-1, 1)))
+def test_erf_needs_a_proven_box():
+    """Erf (analytic) of an unbounded input is rejected naming the node; on a finite box it is
+    R_an, with Exp it is R_an,exp."""
+    g, b = _graph(("Erf", "my_erf", {}, None, (-1, 1)))
     c = certify_block(g, b)
-    assert c["verdict"] == "not nice" and c["node"] == "my_sin" and c["op"] == "op0"
-    assert "Sin" in c["reason"] and "unbounded" in c["reason"] and "box" in c["reason"]
-    g, b = _graph(("Sin", "my_sin", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
+    assert c["verdict"] == "not nice" and c["node"] == "my_erf" and c["op"] == "op0"
+    assert "Erf" in c["reason"] and "unbounded" in c["reason"] and "box" in c["reason"]
+    g, b = _graph(("Erf", "my_erf", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
     c = certify_block(g, b)
     assert c["verdict"] == "nice" and c["structure"] == R_AN
-    g, b = _graph(("Exp", "e", {}, None, (0, 30)), ("Cos", "c", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
+    g, b = _graph(("Exp", "e", {}, None, (0, 30)), ("Erf", "c", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
     assert certify_block(g, b)["structure"] == R_AN_EXP
 
 

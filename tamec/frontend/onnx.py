@@ -49,11 +49,6 @@ _CUSTOM_DOMAINS = (*tops.QONNX_DOMAINS, tops.TAMEC_DOMAIN)
 # Constants up to this many elements are kept in the shape-inference copy and folded through
 # shape arithmetic; bigger ones only contribute their type and shape.
 _SMALL = 4096
-# Input counts (min, max) of the custom ops, which the ONNX checker cannot check: QONNX's
-# (qonnx.custom_op.general; Trunc has 5 or 6) and tamec's own (tamec/ops.py). One output each.
-_ARITY = {(tops.QONNX_DOMAIN, "BipolarQuant"): (2, 2), (tops.QONNX_DOMAIN, "Quant"): (4, 4),
-          (tops.QONNX_DOMAIN, "Trunc"): (5, 6), (tops.QONNX_DOMAIN, "MultiThreshold"): (2, 2),
-          (tops.TAMEC_DOMAIN, "Linear"): (2, 3), (tops.TAMEC_DOMAIN, "Threshold"): (1, 1)}
 _SUBBYTE_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4,
                  TensorProto.INT2: 2, TensorProto.UINT2: 2,
                  TensorProto.FLOAT6E2M3: 6, TensorProto.FLOAT6E3M2: 6}
@@ -275,7 +270,8 @@ class _Importer:
             e.unsupported = bad
             raise e
         for k, n in enumerate(self.nodes):
-            arity = _ARITY.get((tops.normalize_domain(n.domain), n.op_type))
+            # custom ops' input counts, which the ONNX checker cannot check, are the registry's
+            arity = tops.REGISTRY[tops.qualname(n.domain, n.op_type)].arity
             if arity and not (arity[0] <= len(n.input) <= arity[1] and n.input[0] and len(n.output) == 1
                               and n.output[0]):
                 want = f"{arity[0]}" if arity[0] == arity[1] else f"{arity[0]} to {arity[1]}"

@@ -65,6 +65,8 @@ import scipy.sparse as sp
 from tamec.errors import InputError, ModelStructureError, UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
 from tamec.ir.mip import Block, Link, Milp, MipModule, VarGroup
+from tamec.ops.conv import window
+from tamec.ops.threshold import ThresholdParams
 
 AFFINE_OPS = frozenset({"tamec.Linear", "Conv", "Add", "Sub", "Mul", "Div", "Neg", "BatchNormalization"})
 RESHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -300,9 +302,8 @@ def _broadcast_sel(in_ex: tuple[int, ...], out_ex: tuple[int, ...]) -> sp.csr_ma
 def _window_index(attrs: dict, in_sp: tuple[int, ...], kernel: list[int], ceil_mode: bool = False):
     """(out spatial shape, (P, K) array of the flat input spatial index each output position p
     reads at kernel offset k, or -1 in the padding), by ONNX's window rules (the evaluator's)."""
-    from tamec.evaluator import _window
 
-    w = _window(attrs, in_sp, list(kernel), ceil_mode)
+    w = window(attrs, in_sp, list(kernel), ceil_mode)
     nd = len(in_sp)
     o = np.indices(w.out).reshape(nd, -1)  # (nd, P)
     k = np.indices(kernel).reshape(nd, -1)  # (nd, K)
@@ -821,15 +822,9 @@ def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: flo
                      rel_eps: float = 0.0) -> _States:
     """Which states each neuron of Threshold `op` can reach with its input in [L, U]; a real
     pre-activation's strict side starts max(eps, rel_eps * (U - L)) away from tau."""
-    full = (1,) + _ex_shape(sval)
-    at = op.attrs
-    axis = int(at.get("axis", 1))
-    tau_raw = np.asarray(at["tau"], np.float64)
-    tau = _per_elem(tau_raw, full, axis)
-    flip_a = np.asarray(at.get("flip", False), bool)
-    flip = _per_elem(np.broadcast_to(flip_a, tau_raw.shape) if flip_a.size == 1 else flip_a.reshape(tau_raw.shape),
-                     full, axis)
-    lo, hi, tie = float(at.get("lo", -1.0)), float(at.get("hi", 1.0)), float(at["tie"])
+    p = ThresholdParams.of(op)
+    tau, up, down = p.per_element((1,) + _ex_shape(sval))
+    lo, hi, tie = p.lo, p.hi, p.tie
     fin = np.isfinite(tau)
     t0 = np.where(fin, tau, 0.0)
     lat = _lattice(sval)
@@ -850,7 +845,7 @@ def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: flo
     if np.any(~(can_gt | can_lt | can_tie)):
         raise ModelStructureError(f"pre-activation %{sval.name} can reach no value for some neurons "
                                   "(its bounds hold no lattice point)", node=op.id, op=op.qualname)
-    return _States(tau.size, tau, t0, np.where(flip, lo, hi), np.where(flip, hi, lo), lo, hi, tie, L, U,
+    return _States(tau.size, tau, t0, up, down, lo, hi, tie, L, U,
                    above, below, can_gt, can_lt, can_tie, gap)
 
 
