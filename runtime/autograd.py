@@ -799,7 +799,7 @@ def _conv(prog, op, ins, out):
             ph, pw = win.head
             _acc(gs, ix, np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)))
 
-    return Step("conv", op, ins, out, {"kernel": kshape, "window": window}, fwd, bwd)
+    return Step("conv", op, ins, out, {"kernel": kshape, "window": win_of}, fwd, bwd)
 
 
 @njit(cache=True)
