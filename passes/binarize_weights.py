@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from tamec.ir.graph import BIPOLAR, Domain, Op
-from tamec.ir.rewrite import fold_constants
+from tamec.rewrite import fold_constants
 from tamec.passmanager import Pass, register
 
 WEIGHTED = ("tamec.Linear", "Conv")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from tamec.ir.graph import Graph, Op
-from tamec.ir.rewrite import eval_op
+from tamec.rewrite import eval_op
 from tamec.ops import lookup
 from tamec.ops.threshold import ThresholdParams
 from tamec.passmanager import Pass, input_box, register

@@ -30,7 +30,7 @@ import numpy as np
 
 from tamec.ir.domains import infer_domains
 from tamec.ir.graph import Domain, Graph, Op
-from tamec.ir.rewrite import bypass, eval_op, fold_constants
+from tamec.rewrite import bypass, eval_op, fold_constants
 from tamec.ops import QONNX_DOMAIN, TAMEC_DOMAIN
 from tamec.passmanager import Pass, register
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from tamec.ir.domains import infer_domains
 from tamec.ir.graph import Domain, Graph, Op
-from tamec.ir.rewrite import eval_op
+from tamec.rewrite import eval_op
 from tamec.passes.canonicalize import _single_user
 from tamec.passmanager import Pass, register
 

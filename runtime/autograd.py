@@ -39,6 +39,7 @@ from numba import njit
 
 from tamec.errors import InputError, UnsupportedModelError, UsageError
 from tamec.ir.graph import Domain, Graph, Op
+from tamec.ops import attach, hook
 from tamec.ops.conv import offsets, pad_spatial, window
 from tamec.ops.threshold import ThresholdParams
 from tamec.runtime import rules as R
@@ -327,7 +328,7 @@ class GradProgram:
         return params, roots, binary
 
     def _step(self, op: Op, ins: list[int], out: int) -> Step:
-        build = _BUILDERS.get(op.qualname)
+        build = hook(op.qualname, "backward")
         if build is None:
             raise _Unsupported("")
         return build(self, op, ins, out)
@@ -1260,9 +1261,13 @@ def _maxpool(prog, op, ins, out):
     return Step("maxpool", op, ins, out, {"kernel": kshape, "ceil": ceil}, fwd, bwd)
 
 
-_BUILDERS = {
-    "tamec.Linear": _linear, "Conv": _conv, "BatchNormalization": _batchnorm, "tamec.Threshold": _threshold,
-    "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
-    "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Identity": _identity,
-    "Dropout": _identity, "Neg": _neg, "Relu": _relu, "Clip": _clip, "MaxPool": _maxpool,
-}
+# The backward stage of the op registry: forward + vector-Jacobian product per op; the Threshold's
+# backward is the chosen rule's (runtime/rules.py).
+for _q, _build in {
+    "tamec.Linear": _linear, "Conv": _conv, "BatchNormalization": _batchnorm, "Add": _binary("add"),
+    "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"), "Reshape": _reshape,
+    "Flatten": _flatten, "Transpose": _transpose, "Identity": _identity, "Dropout": _identity, "Neg": _neg,
+    "Relu": _relu, "Clip": _clip, "MaxPool": _maxpool,
+}.items():
+    attach("backward", [_q], _build, how="vjp")
+attach("backward", ["tamec.Threshold"], _threshold, how="the --rule (runtime/rules.py)")

@@ -35,6 +35,7 @@ import numpy as np
 from tamec.errors import InputError, ModelStructureError, TamecError
 from tamec.evaluator import Evaluator
 from tamec.ir.graph import Graph, Op, Value
+from tamec.ops import REGISTRY, attach, has
 from tamec.ops.conv import window
 from tamec.ops.threshold import ThresholdParams
 from tamec.runtime import kernels as K
@@ -348,6 +349,15 @@ def _static(shape) -> tuple | None:
         return None
     return tuple(shape[1:])
 
+
+# The runtime stage of the op registry: the kernels the builder may choose; every other supported
+# op runs on the evaluator's kernel (its evaluate hook), so every model the importer accepts runs.
+attach("runtime", ["tamec.Linear", "Conv"], None, how="bgemm on packed bits when binary, else BLAS/numpy")
+attach("runtime", ["tamec.Threshold"], None, how="fused in bgemm/pointwise, writes packed bits")
+attach("runtime", ["MaxPool"], None, how="OR on packed bits when binary, else evaluator")
+attach("runtime", ["Add", "Sub", "Mul", "Div", "BatchNormalization"], None, how="pointwise chain")
+attach("runtime", ["Flatten", "Reshape", "Identity"], None, how="view")
+attach("runtime", sorted(q for q in REGISTRY if not has(q, "runtime")), None, how="evaluator kernel")
 
 _CHAIN_OPS = {"Add": (K.OP_ADD, K.OP_ADD), "Mul": (K.OP_MUL, K.OP_MUL), "Sub": (K.OP_SUB, K.OP_RSUB),
               "Div": (K.OP_DIV, K.OP_RDIV)}

@@ -245,7 +245,7 @@ def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = Non
     """Run the named passes in order with the verifier, probes, printing and dumps around each."""
     names = parse_pipeline(pipeline)
     if verify:
-        from tamec.ir.verify import verify_graph
+        from tamec.verifier import verify_graph
     ctx = ctx or PassContext()
     out = out or sys.stdout
     for flag, val in (("--print-after", print_after), ("--stop-after", stop_after)):

@@ -14,7 +14,7 @@ from onnx import TensorProto, numpy_helper
 from tamec.errors import UnsupportedModelError
 from tamec.export.onnx import save_onnx, to_onnx
 from tamec.ir.graph import BIPOLAR, REAL, Domain, Graph, Op, Value
-from tamec.ir.verify import verify_graph
+from tamec.verifier import verify_graph
 from tamec.ops import QONNX_DOMAIN
 
 TFC = Path(__file__).resolve().parents[2] / "shared/models/TFC_1W1A.onnx"

@@ -9,7 +9,7 @@ import pytest
 
 from tamec.errors import VerificationError
 from tamec.ir.graph import BIPOLAR, REAL, TERNARY, Domain, Graph, Op, Value
-from tamec.ir.verify import broadcast, threshold_tau_shape, verify_graph
+from tamec.verifier import broadcast, threshold_tau_shape, verify_graph
 
 TFC = Path(__file__).resolve().parents[2] / "shared/models/TFC_1W1A.onnx"
 

@@ -35,8 +35,9 @@ import tamec
 from tamec.errors import UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
 from tamec.ir.text import _scalar
-from tamec.ir.verify import threshold_tau_shape
-from tamec.ops import QONNX_DOMAIN, TAMEC_DOMAIN
+from tamec.verifier import threshold_tau_shape
+from tamec.ops import QONNX_DOMAIN, STANDARD_OPS, TAMEC_DOMAIN, attach, hook
+from tamec.ops.threshold import ThresholdParams
 
 MIN_STANDARD_OPSET = 9  # Where, and Greater/Less on every numeric type
 _F32_EXACT = 2.0 ** 24  # integers up to this add exactly in float32
@@ -189,14 +190,14 @@ def _lower_linear(b: _Builder, op: Op) -> None:
 def _lower_threshold(b: _Builder, op: Op) -> None:
     g = b.g
     x, y = g.value(op.inputs[0]), g.value(op.outputs[0])
-    tau = np.asarray(op.attrs["tau"], dtype=np.float64)
-    flip = np.asarray(op.attrs["flip"], dtype=bool)
+    p = ThresholdParams.of(op)
+    tau, flip = p.tau, p.flip
     try:
-        shape = threshold_tau_shape(tau.shape, int(op.attrs["axis"]), x.shape)
+        shape = threshold_tau_shape(tau.shape, p.axis, x.shape)
     except ValueError as e:
         raise UnsupportedModelError(f"cannot broadcast tau: {e}", node=op.id, op=op.qualname,
                                     hint="give x a known shape before exporting") from None
-    lo, hi, tie = (np.asarray(op.attrs[k], dtype=y.dtype) for k in ("lo", "hi", "tie"))
+    lo, hi, tie = (np.asarray(v, dtype=y.dtype) for v in (p.lo, p.hi, p.tie))
     if flip.any() and not flip.all():
         hi_eff, lo_eff = np.where(flip, lo, hi).reshape(shape), np.where(flip, hi, lo).reshape(shape)
     else:  # one flip for all channels: scalar constants
@@ -227,11 +228,12 @@ def _lower_bipolar_quant(b: _Builder, op: Op) -> None:
     b.node(op, "Where", [ge, pos, neg], op.outputs[0])
 
 
-LOWER = {
-    (TAMEC_DOMAIN, "Linear"): _lower_linear,
-    (TAMEC_DOMAIN, "Threshold"): _lower_threshold,
-    (QONNX_DOMAIN, "BipolarQuant"): _lower_bipolar_quant,
-}
+# The export stage of the op registry: standard ops are written as they are; custom ops with a
+# standard form get their lowering; the others keep their domain (standard=False only).
+attach("export", sorted(STANDARD_OPS), None, how="as is")
+attach("export", ["tamec.Linear"], _lower_linear, how="MatMul/Gemm (+ Cast for exact integers)")
+attach("export", ["tamec.Threshold"], _lower_threshold, how="Greater/Less/Where in float64")
+attach("export", [f"{QONNX_DOMAIN}.BipolarQuant"], _lower_bipolar_quant, how="GreaterOrEqual/Where")
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -251,7 +253,7 @@ def to_onnx(graph: Graph, *, standard: bool = False, keep_domains=frozenset()) -
     ops = g.ops()
     lowered = [op for op in ops if standard and op.domain and op.domain not in keep_domains]
     if lowered:
-        bad = sorted({op.qualname for op in lowered if (op.domain, op.op_type) not in LOWER})
+        bad = sorted({op.qualname for op in lowered if hook(op.qualname, "export") is None})
         if bad:
             raise UnsupportedModelError(
                 f"no standard ONNX form for {', '.join(bad)}", op=bad[0],
@@ -263,7 +265,7 @@ def to_onnx(graph: Graph, *, standard: bool = False, keep_domains=frozenset()) -
     lower = {id(op) for op in lowered}
     for op in ops:
         if id(op) in lower:
-            LOWER[op.domain, op.op_type](b, op)
+            hook(op.qualname, "export")(b, op)
         else:
             b.nodes.append(_node(op))
 

@@ -65,6 +65,7 @@ import scipy.sparse as sp
 from tamec.errors import InputError, ModelStructureError, UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
 from tamec.ir.mip import Block, Link, Milp, MipModule, VarGroup
+from tamec.ops import attach
 from tamec.ops.conv import window
 from tamec.ops.threshold import ThresholdParams
 
@@ -72,6 +73,10 @@ AFFINE_OPS = frozenset({"tamec.Linear", "Conv", "Add", "Sub", "Mul", "Div", "Neg
 RESHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 BLOCK_OPS = AFFINE_OPS | RESHAPE_OPS | {"Transpose", "MaxPool", "tamec.Threshold"}
 TAIL_OPS = frozenset({"Softmax", "LogSoftmax"})
+# The lower-mip stage of the op registry.
+attach("lower-mip", sorted(BLOCK_OPS - {"MaxPool"}), None, how="exact rows")
+attach("lower-mip", ["MaxPool"], None, how="exact OR rows (binary/ternary input only)")
+attach("lower-mip", sorted(TAIL_OPS), None, how="final op only: left out of the MIP (argmax-invariant)")
 _BINARY_KINDS = ("bipolar", "bin01", "ternary")
 # HiGHS accepts integrality violations up to 1e-6 (mip_feasibility_tolerance): u = 1e-6 moves a
 # big-M row by 1e-6 * M, so a strict side closer to tau than that is not enforced in the
@@ -170,7 +175,7 @@ def _tail_ops(g: Graph, ops: list[Op]) -> set[str]:
 
 def _check_lowerable(g: Graph, op: Op) -> None:
     q = op.qualname
-    if q not in BLOCK_OPS:
+    if q not in BLOCK_OPS:  # the registry's lower-mip stage: refused by name, with the ONNX node
         raise UnsupportedModelError(f"op {q} cannot be lowered to the MIP IR", node=op.id, op=q, hint=_origin(op))
     data = [i for i in op.inputs if i and g.const(i) is None]
     bad = None

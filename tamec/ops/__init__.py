@@ -10,7 +10,7 @@ registry, so no stage keeps its own list.
 from __future__ import annotations
 
 from tamec.ops import arith, batchnorm, conv, linear, piecewise, pool, qonnx, shape, smooth, threshold  # noqa: F401  (they register)
-from tamec.ops.registry import REGISTRY, STAGES, OpDef, attach, get, hook, implements
+from tamec.ops.registry import REGISTRY, STAGES, OpDef, attach, get, has, hook, how, implements
 
 TAMEC_DOMAIN = threshold.TAMEC_DOMAIN
 QONNX_DOMAIN = qonnx.QONNX_DOMAIN
@@ -60,7 +60,7 @@ def require(ops, stage: str, *, what: str, hint: str, accept=None) -> None:
     `accept(op)` may accept an op the registry has no hook for (a stage's generic path)."""
     from tamec.errors import UnsupportedModelError
 
-    bad = [op for op in ops if hook(op.qualname, stage) is None and not (accept and accept(op))]
+    bad = [op for op in ops if not has(op.qualname, stage) and not (accept and accept(op))]
     if bad:
         names = ", ".join(sorted({op.qualname for op in bad}))
         first = bad[0]
@@ -70,5 +70,5 @@ def require(ops, stage: str, *, what: str, hint: str, accept=None) -> None:
 
 
 __all__ = ["OpDef", "REGISTRY", "STAGES", "QONNX_DOMAIN", "QONNX_DOMAINS", "QUANTIZERS", "QONNX_OPS",
-           "STANDARD_OPS", "TAMEC_DOMAIN", "TAMEC_OPS", "attach", "get", "hook", "implements",
+           "STANDARD_OPS", "TAMEC_DOMAIN", "TAMEC_OPS", "attach", "get", "has", "hook", "how", "implements",
            "is_supported", "lookup", "normalize_domain", "qualname", "require", "supported_summary"]

@@ -102,6 +102,24 @@ def get(qualname: str) -> OpDef | None:
     return REGISTRY.get(qualname)
 
 
+def has(qualname: str, stage: str) -> bool:
+    """Does `stage` implement the op (a hook may be None: e.g. export writes standard ops as is)?"""
+    d = REGISTRY.get(qualname)
+    return d is not None and stage in d.hooks
+
+
+def how(qualname: str, stage: str) -> str:
+    """One line for the coverage table: how `stage` handles the op, or 'refused'."""
+    d = REGISTRY.get(qualname)
+    if d is not None and stage == "bounds":
+        return "interval rule" if d.bounds else "unbounded (sound)"
+    if d is not None and stage == "tame-check":
+        return d.tame
+    if d is None or stage not in d.hooks:
+        return "refused"
+    return d.hooks.get(stage + ":how") or "yes"
+
+
 def hook(qualname: str, stage: str, default=None):
     """The stage's implementation of the op, or `default`."""
     d = REGISTRY.get(qualname)

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from tamec.errors import ModelStructureError, VerificationError
 from tamec.ir.graph import Domain, Graph, Op, Value
 from tamec.ir.text import DTYPES
-from tamec.ops import QONNX_DOMAIN, TAMEC_DOMAIN
+from tamec.ops import QONNX_DOMAIN, REGISTRY, TAMEC_DOMAIN, attach, hook
 
 Shape = tuple | None
 BIG_CONST = 1_000_000  # above this many elements a constant's domain is checked on a sample
@@ -342,6 +342,12 @@ SPEC: dict[str, Rule] = {
 }
 
 
+# The verify stage of the op registry: every op's rule (standard ops without one above are checked
+# against their ONNX schema only).
+for _q in sorted(REGISTRY):
+    attach("verify", [_q], SPEC.get(_q, Rule()), how="rule" if _q in SPEC else "ONNX schema")
+
+
 @functools.lru_cache(maxsize=None)
 def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
     try:
@@ -351,7 +357,7 @@ def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
 
 
 def _rule(op: Op, opset: int) -> tuple[Rule, onnx.defs.OpSchema | None]:
-    rule = SPEC.get(op.qualname)
+    rule = hook(op.qualname, "verify")
     if op.domain:
         if rule is None:
             _fail(op, f"unknown op {op.qualname}", hint="the graph IR only holds tamec, QONNX and standard ops")
