@@ -16,7 +16,7 @@ import numpy as np
 
 from tamec.ir.graph import BIPOLAR, Domain, Op
 from tamec.rewrite import fold_constants
-from tamec.passmanager import Pass, register
+from tamec.passes.base import Pass, register
 
 WEIGHTED = ("tamec.Linear", "Conv")
 

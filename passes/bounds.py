@@ -26,7 +26,7 @@ from tamec.ir.graph import Graph, Op
 from tamec.rewrite import eval_op
 from tamec.ops import lookup
 from tamec.ops.threshold import ThresholdParams
-from tamec.passmanager import Pass, input_box, register
+from tamec.passes.base import Pass, input_box, register
 
 WIDEN = 1e-5
 

@@ -30,9 +30,9 @@ import numpy as np
 
 from tamec.ir.domains import infer_domains
 from tamec.ir.graph import Domain, Graph, Op
-from tamec.rewrite import bypass, eval_op, fold_constants
+from tamec.rewrite import bypass, eval_op, fold_constants, single_user
 from tamec.ops import QONNX_DOMAIN, TAMEC_DOMAIN
-from tamec.passmanager import Pass, register
+from tamec.passes.base import Pass, register
 
 
 def scalar(g: Graph, name: str) -> float | None:
@@ -62,10 +62,6 @@ def make_threshold(g: Graph, old: Op, x: str, *, tau, lo, hi, tie, axis=1, flip=
     op = Op(old.id, "Threshold", [x], [out], {"tau": tau, "flip": flip, "axis": int(axis), "lo": float(lo),
             "hi": float(hi), "tie": float(tie)}, TAMEC_DOMAIN, tuple(dict.fromkeys(old.origin + tuple(origin))))
     return g.add_op(op)
-
-
-def _single_user(g: Graph, name: str) -> bool:
-    return len(g.users(name)) == 1 and name not in g.outputs
 
 
 def _channel_axis(t: np.ndarray, rank: int | None) -> tuple[np.ndarray, int] | None:
@@ -239,7 +235,7 @@ class Rules:
         cond, a, b = op.inputs
         sa, sb = scalar(g, a), scalar(g, b)
         cmp = g.producer(cond)
-        if sa is None or sb is None or cmp is None or cmp.domain or not _single_user(g, cond):
+        if sa is None or sb is None or cmp is None or cmp.domain or not single_user(g, cond):
             return False
         levels = {"Greater": (sb, sa, sb), "GreaterOrEqual": (sb, sa, sa),
                   "Less": (sa, sb, sb), "LessOrEqual": (sa, sb, sa)}.get(cmp.op_type)
@@ -275,7 +271,7 @@ class Rules:
             return False
         mid, u = None, op.inputs[0]
         p = g.producer(u)
-        if p is not None and not p.domain and p.op_type in ("Add", "Sub", "Mul") and _single_user(g, u):
+        if p is not None and not p.domain and p.op_type in ("Add", "Sub", "Mul") and single_user(g, u):
             if scalar(g, p.inputs[1]) is None:
                 return False
             mid, u = p, p.inputs[0]

@@ -25,7 +25,7 @@ import concurrent.futures as cf
 from tamec.dual.blocks import block_specs, block_summary, keys_duals, row_coverage
 from tamec.dual.function import DualFunction, dual_function
 from tamec.errors import UsageError
-from tamec.passmanager import Pass, register
+from tamec.passes.base import Pass, register
 
 __all__ = ["DualFunction", "dual_function", "Dualize"]
 

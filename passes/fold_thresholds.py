@@ -27,9 +27,8 @@ import numpy as np
 
 from tamec.ir.domains import infer_domains
 from tamec.ir.graph import Domain, Graph, Op
-from tamec.rewrite import eval_op
-from tamec.passes.canonicalize import _single_user
-from tamec.passmanager import Pass, register
+from tamec.rewrite import eval_op, single_user
+from tamec.passes.base import Pass, register
 
 AFFINE = ("Add", "Sub", "Mul", "Div", "Neg", "BatchNormalization")
 MAX_GRID = 1 << 17
@@ -84,7 +83,7 @@ class FoldThresholds(Pass):
         chain, cur = [], t.inputs[0]
         while True:
             p = g.producer(cur)
-            if p is None or p.domain or p.op_type not in AFFINE or not _single_user(g, cur):
+            if p is None or p.domain or p.op_type not in AFFINE or not single_user(g, cur):
                 break
             data = [i for i in p.inputs if i and g.const(i) is None]
             if len(data) != 1 or (p.op_type in ("Sub", "Div", "BatchNormalization") and data[0] != p.inputs[0]):
@@ -98,7 +97,7 @@ class FoldThresholds(Pass):
         if lat is None:
             return "real-valued pre-activation"
         has_bias = len(core.inputs) > 2 and bool(core.inputs[2])
-        if has_bias and not _single_user(g, cur):
+        if has_bias and not single_user(g, cur):
             return "biased pre-activation has other users"
         if not chain and not has_bias and t.attrs["tau"].ndim == 0 and t.attrs["tau"] == 0:
             return None  # already a threshold at 0 on the integer pre-activation

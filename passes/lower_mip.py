@@ -20,7 +20,7 @@ import numpy as np
 
 from tamec.errors import UsageError
 from tamec.ir.mip import verify_mip
-from tamec.passmanager import Pass, register
+from tamec.passes.base import Pass, register
 
 
 FEASIBILITY_CHECK_VARS = 10_000

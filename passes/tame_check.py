@@ -8,7 +8,7 @@ PassError naming the block, the op, the ONNX node and the reason.
 from __future__ import annotations
 
 from tamec.errors import PassError
-from tamec.passmanager import Pass, register
+from tamec.passes.base import Pass, register
 from tamec.tame import certify_block
 
 

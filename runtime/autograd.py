@@ -39,7 +39,7 @@ from numba import njit
 
 from tamec.errors import InputError, UnsupportedModelError, UsageError
 from tamec.ir.graph import Domain, Graph, Op
-from tamec.ops import attach, hook
+from tamec.ops import REGISTRY, attach, has, hook, require
 from tamec.ops.conv import offsets, pad_spatial, window
 from tamec.ops.threshold import ThresholdParams
 from tamec.runtime import rules as R
@@ -66,10 +66,8 @@ def _acc(gs: list, i: int, v: np.ndarray) -> None:
 def _threshold_levels(op: Op, full_shape: tuple, batch: bool):
     """Per-element (tau f64, up, down, tie f32) of a Threshold over a tensor of `full_shape`
     (batch dim included when `batch`), flattened without the batch dim."""
-    p = ThresholdParams.of(op)
     target = (1,) + tuple(full_shape[1:]) if batch else tuple(full_shape)
-    tau_e, up, down = p.per_element(target)
-    return tau_e, up, down, np.full(tau_e.shape, p.tie)
+    return ThresholdParams.of(op).per_element(target)
 
 
 def _lattice(dom: Domain):
@@ -170,6 +168,7 @@ class GradProgram:
 
     def _build(self) -> None:
         g = self.graph
+        require(g.ops(), "backward", what="the backward pass", hint=_backward_hint())
         if len(g.inputs) != 1 or len(g.outputs) != 1:
             raise UnsupportedModelError(f"training needs one data input and one output, the model has inputs "
                                         f"{g.inputs} and outputs {g.outputs}", file=self.source,
@@ -198,6 +197,10 @@ class GradProgram:
         for op in ops:
             if any(i in self._data_values for i in op.inputs if i):
                 self._data_values.update(o for o in op.outputs if o)
+        if self.output_name not in self._data_values:
+            raise UnsupportedModelError(f"output {self.output_name!r} does not depend on the input "
+                                        f"{self.input_name!r}", file=self.source,
+                                        hint="training needs logits computed from the data input")
         params, roots, binary = self._find_params(ops)
         self.param_slots: dict[str, int] = {}
         for key, arr in params.items():
@@ -241,9 +244,7 @@ class GradProgram:
         if unsupported:
             raise UnsupportedModelError("the backward pass does not support " + "; ".join(unsupported),
                                         file=self.source, node=unsupported[0].split(" ")[0],
-                                        hint="supported: Linear, Conv (2-D), BatchNormalization, Threshold, "
-                                             "Add/Sub/Mul/Div, Reshape, Flatten, Transpose, MaxPool (2-D), "
-                                             "Relu, Clip, Identity, Dropout, Neg")
+                                        hint=_backward_hint())
         self.steps = steps
         self._template = template
         self.n_slots = len(self.slot_names)
@@ -340,7 +341,7 @@ class GradProgram:
         self.rule = spec.name
         self.rule_spec = spec
         for t in self.thresholds.values():
-            t.coef = R.coefficients(spec, t.L, t.U, t.d, _shift_lattice(t.lattice, t.tau))
+            t.coef = R.coefficients(spec, t.L, t.U, t.d, R.shift_lattice(t.lattice, t.tau))
 
     def rule_table(self) -> list[dict]:
         """The backward rule of every activation threshold (one block each) and the proven bounds
@@ -626,6 +627,11 @@ class GradProgram:
         return g
 
 
+def _backward_hint() -> str:
+    return ("the backward pass supports " + ", ".join(q for q in sorted(REGISTRY) if has(q, "backward"))
+            + " (Conv and MaxPool in 2-D); train a model made of these ops")
+
+
 class _Unsupported(Exception):
     pass
 
@@ -636,14 +642,6 @@ def _param_slot_name(key: str, g: Graph, roots: dict) -> str:
     if key not in g.values or roots.get(key) == (key, None, False):
         return key
     return "param:" + key
-
-
-def _shift_lattice(lat, tau):
-    """The lattice of s = x - tau from the lattice of x."""
-    if lat is None:
-        return None
-    o, st = lat
-    return (o - tau, np.full(tau.shape, st))
 
 
 def _initializers(model) -> dict[str, np.ndarray]:

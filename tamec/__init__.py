@@ -9,4 +9,4 @@ from tamec.errors import TamecError
 from tamec.module import Module
 
 __all__ = ["Module", "Session", "TamecError", "compile", "default_model", "load", "parse_bounds"]
-__version__ = "0.1.0"
+from tamec.version import __version__  # noqa: E402

@@ -28,65 +28,9 @@ from tamec.errors import CheckMismatchError, PassError, TamecError, UsageError
 from tamec.ir.graph import Graph
 from tamec.ir.text import print_graph
 from tamec.module import Module, PassRecord
+from tamec.passes.base import REGISTRY, Pass, PassContext, PassResult, input_box, register  # noqa: F401  (API)
 
 DEFAULT_PIPELINE = ("canonicalize", "binarize-weights", "fold-thresholds", "bounds")
-
-REGISTRY: dict[str, type["Pass"]] = {}
-
-
-@dataclass
-class PassContext:
-    """Options passes read. `input_bounds` maps graph input names (or "*") to (lo, hi)."""
-
-    input_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PassResult:
-    module: Module
-    modified: bool
-    stats: dict[str, Any]
-
-
-class Pass:
-    """Base class; subclasses set the class attributes and implement `rewrite`."""
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    requires: ClassVar[frozenset[str]] = frozenset()
-    ensures: ClassVar[frozenset[str]] = frozenset()
-
-    def rewrite(self, graph: Graph, ctx: PassContext, module: Module) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def run(self, module: Module, ctx: PassContext) -> PassResult:
-        """Run on a copy; the input module is never touched."""
-        missing = self.requires - module.properties
-        if missing:
-            raise PassError(f"pass {self.name} requires {sorted(missing)}",
-                            hint="run the passes that establish it first, e.g. the default pipeline order")
-        out = module.copy()
-        stats = self.rewrite(out.graph, ctx, out) or {}
-        out.properties = module.properties | self.ensures
-        return PassResult(out, not out.graph.structurally_equal(module.graph) or _mip_changed(module.mip, out.mip), stats)
-
-
-def _mip_changed(before, after) -> bool:
-    if before is None or after is None:
-        return (before is None) != (after is None)
-    from tamec.ir.text import print_mip
-
-    return print_mip(before) != print_mip(after)
-
-
-def register(cls: type[Pass]) -> type[Pass]:
-    """Class decorator: file a pass under its unique name."""
-    if not cls.name or cls.name in REGISTRY:
-        raise ValueError(f"pass name {cls.name!r} missing or registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
 
 def _load_passes() -> None:
     import tamec.passes.binarize_weights  # noqa: F401  (registration side effect)
@@ -198,17 +142,6 @@ class Probe:
                         return (f"first diverging tensor %{o} ({bad}), produced by op {op.id} "
                                 f"({op.qualname}) from ONNX node(s) {', '.join(op.origin) or '?'}")
         return "no shared intermediate tensor diverges; only the outputs do"
-
-
-def input_box(name: str, v, ctx: PassContext) -> tuple[float, float]:
-    """The box a graph input ranges over: --input-bounds, else its domain, else [0, 1] for real
-    inputs (pixel intensities: the convention of every bundled model)."""
-    if name in ctx.input_bounds:
-        return ctx.input_bounds[name]
-    if "*" in ctx.input_bounds:
-        return ctx.input_bounds["*"]
-    lo, hi = v.domain.interval()
-    return (0.0, 1.0) if not np.isfinite(lo) or not np.isfinite(hi) else (lo, hi)
 
 
 def _probe_array(rng, shape, dtype, lo, hi, k) -> np.ndarray:

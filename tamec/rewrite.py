@@ -86,3 +86,7 @@ def fold_constants(g: Graph, *, quantizers: bool) -> int:
                 g.remove_value(name)
         folded += 1
     return folded
+
+
+def single_user(g: Graph, name: str) -> bool:
+    return len(g.users(name)) == 1 and name not in g.outputs

@@ -27,9 +27,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import tamec
 from tamec.errors import UnsupportedModelError
 from tamec.ops import QONNX_DOMAIN
+from tamec.ops import rules as R
+from tamec.ops.threshold import ThresholdParams
+from tamec.version import __version__
 
 OPSET = 17  # ScatterElements(reduction="add") needs 16; ReduceMax keeps its axes attribute < 18
 F32, F64, I64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
@@ -77,7 +79,6 @@ class _G:
 
 def gradient_model(prog, rule=None) -> onnx.ModelProto:
     """forward + loss + backward of `prog` (with `rule`, default prog's) as one standard-ONNX model."""
-    from tamec.runtime import rules as R
 
     spec = R.parse_rule(rule if rule is not None else prog.rule)
     b = _G(set(prog.slot_names) | set(prog.params) | {"labels", "loss"})
@@ -133,7 +134,7 @@ def gradient_model(prog, rule=None) -> onnx.ModelProto:
     graph.doc_string = (f"tamec gradient graph, rule {spec.name}: loss = mean softmax cross-entropy; rule "
                         "constants (bounds of each threshold's pre-activation) baked in")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tamec",
-                              producer_version=tamec.__version__)
+                              producer_version=__version__)
     model.ir_version = 8
     return model
 
@@ -246,11 +247,10 @@ class _Emitter:
             tau, up, down, tie = t.tau.reshape(cshape), t.up.reshape(cshape), t.down.reshape(cshape), \
                 t.tie.reshape(cshape)
         else:
-            from tamec.runtime.autograd import _threshold_levels
 
             if shape is None or not all(isinstance(d, int) for d in shape):
                 self._unsupported(st, "weight quantizer of unknown shape")
-            tau, up, down, tie = (a.reshape(shape) for a in _threshold_levels(st.op, shape, batch=False))
+            tau, up, down, tie = (a.reshape(shape) for a in ThresholdParams.of(st.op).per_element(shape))
             up, down, tie = (a.astype(np.float32) for a in (up, down, tie))
         xd = b.node("Cast", [x], base, to=F64)  # compare in float64 against the f64 tau (tamec.Threshold)
         tc = b.const(f"{base}/tau", tau)
@@ -304,9 +304,8 @@ class _Emitter:
             acc(ins[0], g)  # reshaped to the parameter's shape at the output
         elif k == "wthreshold":
             shape = self.vshape[ins[0]]
-            from tamec.runtime.autograd import _threshold_levels
 
-            _, up, down, _ = _threshold_levels(st.op, shape, batch=False)
+            _, up, down, _ = ThresholdParams.of(st.op).per_element(shape)
             sign = np.sign(up - down)
             acc(ins[0], g if np.all(sign == 1) else b.node("Mul", [g, b.f32(base + "/sign", sign.reshape(shape))], base))
         elif k == "threshold":
@@ -383,9 +382,8 @@ class _Emitter:
     def _rule(self, st, g: str, sv: dict, base: str) -> str:
         b, R, spec = self.b, self.R, self.spec
         t = st.info["t"]
-        from tamec.runtime.autograd import _shift_lattice
 
-        co = R.coefficients(spec, t.L, t.U, t.d, _shift_lattice(t.lattice, t.tau))
+        co = R.coefficients(spec, t.L, t.U, t.d, R.shift_lattice(t.lattice, t.tau))
         cshape = (1, *t.sample_shape)
         s = b.node("Sub", [sv["xd"], sv["tau"]], base)  # float64, as the runtime kernel
         if not spec.from_dual:

@@ -31,13 +31,13 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-import tamec
 from tamec.errors import UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
 from tamec.ir.text import _scalar
 from tamec.verifier import threshold_tau_shape
-from tamec.ops import QONNX_DOMAIN, STANDARD_OPS, TAMEC_DOMAIN, attach, hook
+from tamec.ops import QONNX_DOMAIN, STANDARD_OPS, TAMEC_DOMAIN, attach, hook, require
 from tamec.ops.threshold import ThresholdParams
+from tamec.version import __version__
 
 MIN_STANDARD_OPSET = 9  # Where, and Greater/Less on every numeric type
 _F32_EXACT = 2.0 ** 24  # integers up to this add exactly in float32
@@ -253,10 +253,7 @@ def to_onnx(graph: Graph, *, standard: bool = False, keep_domains=frozenset()) -
     ops = g.ops()
     lowered = [op for op in ops if standard and op.domain and op.domain not in keep_domains]
     if lowered:
-        bad = sorted({op.qualname for op in lowered if hook(op.qualname, "export") is None})
-        if bad:
-            raise UnsupportedModelError(
-                f"no standard ONNX form for {', '.join(bad)}", op=bad[0],
+        require(lowered, "export", what="the standard-ONNX export",
                 hint="export with standard=False (custom ops kept), or lower these ops first")
         if opset < MIN_STANDARD_OPSET:
             raise UnsupportedModelError(f"standard export of custom ops needs opset >= {MIN_STANDARD_OPSET}, "
@@ -287,7 +284,7 @@ def to_onnx(graph: Graph, *, standard: bool = False, keep_domains=frozenset()) -
     domains.update({op.domain: g.opset.get(op.domain, 1) for op in ops if op.domain and id(op) not in lower})
     opsets = [helper.make_opsetid(d, v) for d, v in sorted(domains.items())]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="tamec",
-                              producer_version=tamec.__version__)
+                              producer_version=__version__)
     model.ir_version = max(helper.find_min_ir_version_for(opsets, ignore_unknown=True), 4)
     return model
 

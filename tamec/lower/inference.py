@@ -65,7 +65,7 @@ import scipy.sparse as sp
 from tamec.errors import InputError, ModelStructureError, UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
 from tamec.ir.mip import Block, Link, Milp, MipModule, VarGroup
-from tamec.ops import attach
+from tamec.ops import attach, require
 from tamec.ops.conv import window
 from tamec.ops.threshold import ThresholdParams
 
@@ -85,7 +85,7 @@ REL_EPS = 1e-5
 
 
 def _supported() -> str:
-    return (", ".join(sorted(BLOCK_OPS)) + " (MaxPool of binary/ternary tensors only; Mul/Div by constants); "
+    return (", ".join(q for q in sorted(BLOCK_OPS)) + " (MaxPool of binary/ternary tensors only; Mul/Div by constants); "
             "Softmax/LogSoftmax only as the final op")
 
 
@@ -120,6 +120,9 @@ def partition(graph: Graph) -> list[BlockSpec]:
     g = graph
     ops = g.ops()
     tail = _tail_ops(g, ops)
+    require([op for op in ops if op.id not in tail], "lower-mip", what="the MIP lowering",
+            hint=f"the MIP lowering supports {_supported()}; remove or replace these ops, or stop the "
+                 "pipeline before partition")
     groups: list[list[Op]] = [[]]
     for op in ops:
         if op.id in tail:
@@ -828,7 +831,7 @@ def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: flo
     """Which states each neuron of Threshold `op` can reach with its input in [L, U]; a real
     pre-activation's strict side starts max(eps, rel_eps * (U - L)) away from tau."""
     p = ThresholdParams.of(op)
-    tau, up, down = p.per_element((1,) + _ex_shape(sval))
+    tau, up, down, _ = p.per_element((1,) + _ex_shape(sval))
     lo, hi, tie = p.lo, p.hi, p.tie
     fin = np.isfinite(tau)
     t0 = np.where(fin, tau, 0.0)

@@ -65,12 +65,12 @@ class ThresholdParams:
         """(value above tau, value below tau) where `flip` (lo and hi swapped where flipped)."""
         return np.where(flip, self.lo, self.hi), np.where(flip, self.hi, self.lo)
 
-    def per_element(self, shape: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(tau, above, below), each broadcast to `shape` and flattened."""
+    def per_element(self, shape: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tau, above, below, tie), each broadcast to `shape` and flattened."""
         t, f = self.aligned(len(shape))
         tau = np.ascontiguousarray(np.broadcast_to(t, shape), np.float64).reshape(-1)
         up, down = self.levels(np.broadcast_to(f, shape).reshape(-1))
-        return tau, up, down
+        return tau, up, down, np.full(tau.shape, self.tie)
 
     def per_channel(self, channels: int, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(tau, flip) with one entry per channel of axis 1 of a rank-`rank` input, or None when the
