@@ -89,4 +89,5 @@ def fold_constants(g: Graph, *, quantizers: bool) -> int:
 
 
 def single_user(g: Graph, name: str) -> bool:
+    """True when exactly one op reads `name` and it is not a graph output (safe to rewrite in place)."""
     return len(g.users(name)) == 1 and name not in g.outputs

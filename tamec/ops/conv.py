@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tamec.ops.linear import split_weight_bounds
 from tamec.ops.registry import PL, define
 
 
@@ -97,17 +98,8 @@ def conv(x: np.ndarray, wt: np.ndarray, attrs: dict) -> np.ndarray:
 
 
 def _bounds_conv(iv, op, ins):
-    w = iv.const(op.inputs[1])
-    if w is None or (len(op.inputs) > 2 and op.inputs[2] and iv.const(op.inputs[2]) is None):
-        return None  # parameters fed at run time: unbounded, which is sound
-    (lo, hi), w = ins[0], w.astype(np.float64)
-    wp, wn = np.maximum(w, 0), np.minimum(w, 0)
-    ylo = conv(lo, wp, op.attrs) + conv(hi, wn, op.attrs)
-    yhi = conv(hi, wp, op.attrs) + conv(lo, wn, op.attrs)
-    if len(op.inputs) > 2 and op.inputs[2]:
-        b = iv.const(op.inputs[2]).astype(np.float64).reshape((-1,) + (1,) * (ylo.ndim - 2))
-        ylo, yhi = ylo + b, yhi + b
-    return ylo, yhi
+    return split_weight_bounds(iv, op, ins, lambda x, w: conv(x, w, op.attrs),
+                               lambda b, nd: b.reshape((-1,) + (1,) * (nd - 2)))
 
 
 define("", "Conv", "conv", PL, bounds=_bounds_conv, doc="N-d grouped convolution, every auto_pad")
