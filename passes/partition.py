@@ -9,7 +9,7 @@ UnsupportedModelError naming it, raised here rather than half-way through loweri
 from __future__ import annotations
 
 from tamec.lower.inference import partition
-from tamec.passmanager import Pass, register
+from tamec.passes.base import Pass, register
 
 
 @register

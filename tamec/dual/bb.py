@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from tamec.dual.function import DualFunction, Problem
+from tamec.dual.problem import DualFunction, Problem
 from tamec.dual.lp import LPSolver, affine_piece, farkas_piece, rounded_box
 from tamec.errors import UsageError
 

@@ -30,31 +30,17 @@ can run in another process (or on a Dask worker).
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
 from tamec.dual.certificate import certify
-from tamec.dual.function import Problem, dual_function
+from tamec.dual.function import dual_function
+from tamec.dual.pool import pool_key_duals, pool_specs
+from tamec.dual.problem import EnumProblem
+from tamec.lower.inference import REL_EPS, lattice, threshold_states
 
 ROUND = 9  # decimals of the dedupe key: rows equal to 1e-9 share a dual function
-
-
-@dataclass
-class EnumProblem(Problem):
-    """A Problem over a few bounded integer variables whose value z(d) is found by enumeration."""
-
-    def value(self, d=None) -> float:
-        """z(d) = min c y over the integer points of the box with A y >= d (exact; +inf if none)."""
-        d = self.b if d is None else np.atleast_1d(np.asarray(d, np.float64))
-        if getattr(self, "_pts", None) is None:  # the box's integer points, their rows and costs: once
-            pts = np.array(list(itertools.product(*[range(int(lo), int(hi) + 1) for lo, hi in zip(self.lb, self.ub)])),
-                           np.float64).reshape(-1, self.n)
-            self._pts = (pts @ self.A.T, pts @ self.c)
-        lhs, cost = self._pts
-        ok = np.all(lhs >= d[None, :] - 1e-9, axis=1)
-        return float(np.min(cost[ok])) if ok.any() else np.inf
 
 
 def _cost(grp) -> float:
@@ -69,7 +55,6 @@ def _cost(grp) -> float:
 def neuron_specs(graph, block) -> tuple[list[dict], dict]:
     """The unique per-neuron dual problems of `block` (plain dicts, picklable) and the block's
     neuron counts: {"neurons", "unstable", "stable", "thresholds"}."""
-    from tamec.lower.inference import REL_EPS, _lattice, threshold_states
 
     offs = block.offsets()
     starts = sorted((a, b, name) for name, (a, b) in offs.items())
@@ -118,7 +103,7 @@ def neuron_specs(graph, block) -> tuple[list[dict], dict]:
             ub = [float(block.ub()[c]) for c in bins]
             cost = [_cost(block.group(col_group[c])) for c in bins]
             L, U = float(st.L[j]) - tau, float(st.U[j]) - tau
-            lat = _lattice(graph.values[op.inputs[0]])
+            lat = lattice(graph.values[op.inputs[0]])
             key = tuple(np.round(np.concatenate([np.ravel(A), d0, e, lb, ub, cost, [L, U]]), ROUND).tolist())
             unstable += 1
             if key in keys:
@@ -246,8 +231,6 @@ def key_duals(spec: dict, bb_depth: int = 4, chvatal: bool = False) -> dict:
 def keys_duals(specs: list[dict], bb_depth: int = 4, chvatal: bool = False) -> list[dict]:
     """`key_duals` (threshold keys) or `pool_key_duals` (MaxPool keys) over a chunk of keys (the
     unit of work sent to an executor)."""
-    from tamec.dual.pool import pool_key_duals
-
     return [pool_key_duals(s, bb_depth) if s.get("kind") == "maxpool" else key_duals(s, bb_depth, chvatal)
             for s in specs]
 
@@ -256,8 +239,6 @@ def block_specs(graph, block) -> tuple[list[dict], dict]:
     """Every unique dual problem of `block`, in the order of its ops: per-neuron threshold keys
     (`neuron_specs`) and per-output-element MaxPool keys (`tamec.dual.pool.pool_specs`), and the
     counts: {"neurons", "unstable", "stable", "thresholds", "pools", "pool_elements"}."""
-    from tamec.dual.pool import pool_specs
-
     specs, counts = neuron_specs(graph, block)
     pools = [o for o in block.ops if graph.op(o).op_type == "MaxPool"]
     first_thr = min((block.ops.index(o) for o in counts["thresholds"]), default=len(block.ops))

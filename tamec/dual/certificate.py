@@ -31,7 +31,7 @@ import itertools
 
 import numpy as np
 
-from tamec.dual.function import DualFunction, Problem
+from tamec.dual.problem import DualFunction, Problem
 
 OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 

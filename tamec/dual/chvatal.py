@@ -41,7 +41,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from tamec.dual.function import DualFunction
+from tamec.dual.problem import DualFunction
 from tamec.errors import UsageError
 
 __all__ = ["chvatal_dual", "ChvatalFunction"]

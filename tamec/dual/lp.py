@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tamec.dual.function import DualFunction, Problem
+from tamec.dual.problem import DualFunction, Problem
 from tamec.errors import UsageError
 
 RTOL = 1e-9  # HiGHS's default dual feasibility tolerance

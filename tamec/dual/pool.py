@@ -30,6 +30,7 @@ import scipy.sparse as sp
 
 from tamec.dual.certificate import certify
 from tamec.dual.function import dual_function
+from tamec.dual.problem import EnumProblem
 
 ROUND = 9
 MAX_STATES = 256  # window states enumerated for the minorant grid; sampled (seeded) beyond
@@ -176,8 +177,6 @@ def _entry(F, spec, x_ref, problem, grid) -> dict:
 
 def pool_key_duals(spec: dict, bb_depth: int = 4) -> dict:
     """lp and bb dual functions (certified) of one MaxPool key for g = +1 and g = -1."""
-    from tamec.dual.blocks import EnumProblem
-
     A = np.asarray(spec["A"], np.float64)
     states = window_states(spec)
     rng = np.random.default_rng(0)

@@ -835,7 +835,7 @@ def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: flo
     lo, hi, tie = p.lo, p.hi, p.tie
     fin = np.isfinite(tau)
     t0 = np.where(fin, tau, 0.0)
-    lat = _lattice(sval)
+    lat = lattice(sval)
     L, U = np.asarray(L, np.float64), np.asarray(U, np.float64)
     width = U - L
     gap = np.maximum(eps, rel_eps * np.where(np.isfinite(width), width, 0.0))
@@ -861,7 +861,7 @@ def _enc_of(v: Value) -> str:
     return {"bipolar": "bipolar", "bin01": "value", "ternary": "ternary"}.get(v.domain.kind, "value")
 
 
-def _lattice(v: Value) -> tuple[float, float] | None:
+def lattice(v: Value) -> tuple[float, float] | None:
     """(origin, step) of the lattice a pre-activation lies on; None for real values."""
     d = v.domain
     if d.kind == "int":
