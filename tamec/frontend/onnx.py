@@ -18,7 +18,9 @@ error it raises names the file, the node and what to do:
     int8-64, uint8-64, bool; not string, complex, float8, 4- or 2-bit types); all others
     listed at once                                             -> UnsupportedModelError
  9. the Graph: one Op per node (Constant nodes become constant values), initializers become
-    constant values, graph inputs become real-valued inputs.
+    constant values, graph inputs become real-valued inputs; the domains tamec's own files
+    declare (`domain=` doc strings) are read back, and value-preserving ops (Reshape, MaxPool,
+    Where, ...) give undeclared outputs their inputs' domains (tamec/ir/domains.py).
 
 Initializers that are also listed as graph inputs (the legacy exporters' habit, and what
 `ir_version < 4` demands) are treated as constants and dropped from `graph.inputs`: ONNX lets a
@@ -41,6 +43,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tamec import ops as tops
 from tamec.errors import ModelLoadError, ModelStructureError, TamecError, UnsupportedModelError, UsageError
+from tamec.ir.domains import infer_domains
 from tamec.ir.graph import BIN01, REAL, Graph, Op, Value
 
 MIN_OPSET = 9
@@ -658,6 +661,9 @@ class _Importer:
                         tops.normalize_domain(n.domain), _origin_or(n, (self.names[k] or self.ids[k],))))
         g.outputs = [vi.name for vi in m.graph.output]
         _domains_from_docs(g, m.graph)
+        # values a file leaves undeclared (the Wheres of tamec's standard Threshold) get what
+        # their inputs carry, so the declared domains after them verify
+        infer_domains(g, keep_declared=True)
         return g
 
     def attrs(self, n: onnx.NodeProto, node: str) -> dict[str, Any]:
