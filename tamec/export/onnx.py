@@ -17,7 +17,10 @@ Standard (`standard=True`): only default-domain ops, at the graph's own opset (>
   float64 when an integer product could exceed float32's exact range;
 - `tamec.Threshold` -> `Where(x > tau, hi', Where(x < tau, lo', tie))` with x cast to float64 and
   tau (f64) reshaped along `axis`; hi'/lo' swapped where `flip`. NaN tau compares false both
-  ways (constant tie), +-inf tau gives constant lo/hi: the rule in tamec/ops.py, literally;
+  ways (constant tie), +-inf tau gives constant lo/hi: the rule in tamec/ops.py, literally.
+  When y's domain lacks the tie value (the verifier proved x never equals tau) it is
+  `Where(x > tau, hi', lo')`, so every value the file computes lies in the domain it declares;
+  `canonicalize` reads both forms back as the same Threshold;
 - QONNX `BipolarQuant(x, s)` -> `Where(x >= 0, s, -s)` (`Not(x < 0)` below opset 12, which
   sends a NaN x to +s where QONNX gives -s);
 - any other custom op raises UnsupportedModelError naming all of them.
@@ -205,8 +208,11 @@ def _lower_threshold(b: _Builder, op: Op) -> None:
     xd = b.cast(op, x.name, x.dtype, "float64")
     tau_c = b.const(f"{op.id}/tau", tau.reshape(shape))
     gt = b.node(op, "Greater", [xd, tau_c])
-    lt = b.node(op, "Less", [xd, tau_c])
-    low = b.node(op, "Where", [lt, b.const(f"{op.id}/lo", lo_eff), b.const(f"{op.id}/tie", tie)])
+    if y.domain.contains(tie):
+        lt = b.node(op, "Less", [xd, tau_c])
+        low = b.node(op, "Where", [lt, b.const(f"{op.id}/lo", lo_eff), b.const(f"{op.id}/tie", tie)])
+    else:  # the verified domain proves x never equals tau: a tie branch would claim a value y lacks
+        low = b.const(f"{op.id}/lo", lo_eff)
     b.node(op, "Where", [gt, b.const(f"{op.id}/hi", hi_eff), low], op.outputs[0])
 
 
