@@ -26,8 +26,8 @@ Transpose MaxPool AveragePool GlobalAveragePool Softmax LogSoftmax Identity Cons
 Less GreaterOrEqual LessOrEqual Equal Not And Or Concat Squeeze Unsqueeze Shape Gather Cast Neg Abs
 Tanh Sigmoid Exp Log Sqrt Reciprocal Max Min Dropout ConstantOfShape Expand Slice Floor Ceil Round
 Sum Mean ReduceMean ReduceSum ReduceMax Pad ArgMax Erf Softsign Softplus LeakyRelu Elu Range Size
-CastLike
-""".split())
+CastLike OneHot ScatterElements ConvTranspose
+""".split())  # the last three: tamec's own gradient graphs (tamec/export/grad.py) read back
 
 QONNX_OPS = frozenset({"BipolarQuant", "Quant", "MultiThreshold", "Trunc"})
 TAMEC_OPS = frozenset({"Linear", "Threshold"})
