@@ -102,6 +102,8 @@ def _side_value(g: Graph, name: str, x: str, t: np.ndarray, side: int, top: bool
         if cmp is None or cmp.domain or cmp.op_type not in _CMP or cmp.inputs[0] != x \
                 or not _single_user(g, op.inputs[0]) or not _same_const(g.const(cmp.inputs[1]), t):
             return None
+        if cmp.op_type.endswith("OrEqual") and np.isnan(t).any():
+            return None  # x >= NaN is false, but a Threshold with a NaN tau gives its tie value
         return _side_value(g, op.inputs[1 if _CMP[cmp.op_type](side) else 2], x, t, side)
     if op.qualname == "tamec.Threshold" and op.inputs[0] == x:
         a = op.attrs
@@ -335,8 +337,8 @@ class Rules:
         xdom = g.values[src.inputs[0] if exact else x].domain
         if np.all(at == at[0]):
             tie = float(at[0])
-        elif not any(xdom.contains(v) for v in np.broadcast_to(tau[0], (n,))):
-            tie = lo  # x never equals t: the tie value is never produced
+        elif not np.isnan(tau[0]).any() and not any(xdom.contains(v) for v in np.broadcast_to(tau[0], (n,))):
+            tie = lo  # x never equals t: the tie value is never produced (a NaN t always gives it)
         else:
             return False
         tau_v = np.broadcast_to(tau[0], (n,)).copy() if flip.any() and tau[0].ndim == 0 else tau[0]

@@ -211,18 +211,20 @@ def _threshold_graph(tau, flip, x_domain=REAL, y_domain=TERNARY, tie=0.0) -> Gra
 
 
 def test_per_channel_flip_threshold_reads_back_as_itself(tmp_path):
-    """A Threshold with mixed flip, exported in standard form (per-channel Where constants, a tie
-    branch), re-imports to one Threshold with the same tau, flip, levels and tie, and computes what
-    the original and onnxruntime compute, ties (x exactly tau) included."""
-    g = _threshold_graph([0.5, -1.0, 2.0], [False, True, False])
+    """A Threshold with mixed flip and a NaN and an infinite tau, exported in standard form
+    (per-channel Where constants, a tie branch), re-imports to one Threshold with the same tau,
+    flip, levels and tie, and computes what the original and onnxruntime compute, ties (x exactly
+    tau) included."""
+    tau, flip = [0.5, -1.0, 2.0, np.nan, -np.inf], [False, True, False, True, False]
+    g = _threshold_graph(tau, flip)
     m = to_onnx(g, standard=True)
     back = tamec.compile(save(m, tmp_path / "t.onnx"), "canonicalize").graph
     (op,) = back.ops()
     assert op.qualname == "tamec.Threshold" and op.inputs == ["x"]
     a = op.attrs
-    assert np.array_equal(a["tau"], [0.5, -1.0, 2.0]) and np.array_equal(a["flip"], [False, True, False])
+    assert np.array_equal(a["tau"], tau, equal_nan=True) and np.array_equal(a["flip"], flip)
     assert (a["lo"], a["hi"], a["tie"]) == (-1.0, 1.0, 0.0) and back.values["y"].domain == TERNARY
-    x = np.array([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0], [1.0, -2.0, 3.0]], np.float32)
+    x = np.array([[0.5, -1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, -1.0], [1.0, -2.0, 3.0, -1.0, 7.0]], np.float32)
     want = Evaluator(g).run({"x": x})["y"]
     np.testing.assert_array_equal(Evaluator(back).run({"x": x})["y"], want)
     np.testing.assert_array_equal(ort_run(m, {"x": x})[0], want)
@@ -244,3 +246,19 @@ def test_threshold_whose_tie_is_unreachable_exports_a_file_tamec_verifies(tmp_pa
     np.testing.assert_array_equal(ort_run(m, {"x": x})[0], want)
     assert_same(run_session(f, [{"x": x}]), [[want]], "re-import")
     assert back.graph.values["y"].domain == BIPOLAR
+
+
+def test_where_quantizer_with_nan_threshold_keeps_onnx_semantics():
+    """Where(x >= t, 1, -1) with a NaN in t is -1 there for every x (NaN compares false); the
+    Where rule must not turn it into a Threshold, whose NaN tau gives its tie value (here +1)."""
+    from onnx import helper
+
+    from tests.helpers import model
+
+    nodes = [helper.make_node("GreaterOrEqual", ["x", "t"], ["c"]), helper.make_node("Where", ["c", "one", "neg"], ["y"])]
+    m = model(nodes, [("x", ["N", 2])], [("y", ["N", 2])],
+              {"t": np.array([0.0, np.nan], np.float32), "one": np.float32(1.0), "neg": np.float32(-1.0)}, opset=13)
+    x = np.array([[0.0, 0.0], [-1.0, 5.0], [1.0, -5.0]], np.float32)
+    (want,) = ort_run(m, {"x": x})
+    assert np.array_equal(want[:, 1], [-1, -1, -1])
+    np.testing.assert_array_equal(tamec.Session(m).run(None, {"x": x})[0], want)
