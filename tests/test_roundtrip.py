@@ -262,3 +262,28 @@ def test_where_quantizer_with_nan_threshold_keeps_onnx_semantics():
     (want,) = ort_run(m, {"x": x})
     assert np.array_equal(want[:, 1], [-1, -1, -1])
     np.testing.assert_array_equal(tamec.Session(m).run(None, {"x": x})[0], want)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("shape", [("N", 3), ("N", 2, 3)], ids=["gemm", "matmul"])
+def test_integer_linear_standard_form_declares_its_intermediates(shape, bias, tmp_path):
+    """A Linear on an int32 input is lowered through float64 (Cast, Gemm or MatMul + Add, Cast
+    back): the file declares the integer domain of each intermediate, so the re-import verifies
+    the declared integer output and computes the original's integers, as onnxruntime does."""
+    g = Graph("t", {"": 13, TAMEC_DOMAIN: 1})
+    g.add_value(Value("x", shape, "int32", Domain.integer(-3, 3)))
+    g.add_const("w", np.array([[1, -1, 1], [-1, -1, 1]], np.float32), BIPOLAR)
+    if bias:
+        g.add_const("b", np.array([1.0, -2.0], np.float32))
+    g.add_value(Value("y", shape[:-1] + (2,), "float32", Domain.integer(-11, 11)))
+    g.inputs, g.outputs = ["x"], ["y"]
+    g.add_op(Op("l", "Linear", ["x", "w"] + (["b"] if bias else []), ["y"], {}, TAMEC_DOMAIN))
+    verify_graph(g)
+    m = to_onnx(g, standard=True)
+    f = save(m, tmp_path / "l.onnx")
+    x = np.random.default_rng(0).integers(-3, 4, (5, *shape[1:])).astype(np.int32)
+    x[0] = 3  # a corner: every product at its bound
+    want = Evaluator(g).run({"x": x})["y"]
+    np.testing.assert_array_equal(ort_run(m, {"x": x})[0], want)
+    assert_same(run_session(f, [{"x": x}]), [[want]], "re-import")
+    assert tamec.load(f).graph.values["y"].domain == Domain.integer(-11, 11)

@@ -36,7 +36,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 import tamec
 from tamec.errors import UnsupportedModelError
-from tamec.ir.graph import Graph, Op, Value
+from tamec.ir.graph import REAL, Domain, Graph, Op, Value
 from tamec.ir.text import _scalar
 from tamec.ir.verify import threshold_tau_shape
 from tamec.ops import QONNX_DOMAIN, TAMEC_DOMAIN
@@ -115,6 +115,14 @@ class _Builder:
         self.inits: list[TensorProto] = []
         self.taken = set(g.values)  # value names
         self.taken_nodes = set(g.nx.nodes)  # node names: ONNX keeps them apart from value names
+        self.typed: list[Value] = []  # lowered intermediates whose domain the file must declare
+
+    def declare(self, name: str, like: Value, dtype: str, domain: Domain) -> str:
+        """Record that the fresh value `name` (shaped like `like`) lies in `domain`, so a re-import
+        verifies the integer ops that read it (the verifier does not infer products)."""
+        if name != like.name and domain.kind != "real":
+            self.typed.append(Value(name, like.shape, dtype, domain))
+        return name
 
     @staticmethod
     def _fresh(taken: set[str], base: str) -> str:
@@ -155,6 +163,14 @@ def _needs_f64(x: Value, w: Value) -> bool:
     return w.shape[1] * xmax * wmax >= _F32_EXACT
 
 
+def _product_domain(x: Value, w: Value) -> Domain:
+    """An integer domain holding x @ W^T when both are integer (the bias comes after), else real."""
+    if not (x.domain.is_integer and w.domain.is_integer) or w.shape is None or not isinstance(w.shape[1], int):
+        return REAL
+    bound = w.shape[1] * max(abs(v) for v in x.domain.interval()) * max(abs(v) for v in w.domain.interval())
+    return Domain.integer(-bound, bound) if float(bound).is_integer() else REAL
+
+
 def _operand(b: _Builder, op: Op, name: str, dtype: str, transpose: bool = False) -> str:
     """`name` (a weight or bias) in `dtype`, transposed if asked: folded when it is a constant."""
     v = b.g.value(name)
@@ -172,7 +188,7 @@ def _lower_linear(b: _Builder, op: Op) -> None:
     y = g.value(op.outputs[0])
     floating = np.issubdtype(np.dtype(x.dtype), np.floating)
     cdt = "float64" if not floating or _needs_f64(x, w) else x.dtype
-    xin = b.cast(op, x.name, x.dtype, cdt)
+    xin = b.declare(b.cast(op, x.name, x.dtype, cdt), x, cdt, x.domain)
     out = op.outputs[0] if cdt == y.dtype else None
     if x.shape is not None and len(x.shape) == 2:
         ins = [xin, _operand(b, op, w.name, cdt)]
@@ -184,8 +200,11 @@ def _lower_linear(b: _Builder, op: Op) -> None:
     else:
         mm = b.node(op, "MatMul", [xin, _operand(b, op, w.name, cdt, transpose=True)],
                     None if bias is not None else out)
+        if bias is not None:
+            b.declare(mm, y, cdt, _product_domain(x, w))
         res = b.node(op, "Add", [mm, _operand(b, op, bias, cdt)], out) if bias is not None else mm
     if out is None:
+        b.declare(res, y, cdt, y.domain)  # computed exactly, so y's domain before the cast
         b.cast(op, res, cdt, y.dtype, op.outputs[0])
 
 
@@ -283,7 +302,7 @@ def to_onnx(graph: Graph, *, standard: bool = False, keep_domains=frozenset()) -
         [_value_info(g.values[n]) for n in g.inputs],
         [_value_info(g.values[n]) for n in g.outputs],
         initializer=[_initializer(v) for v in consts] + b.inits,
-        value_info=[_value_info(v) for v in inner])
+        value_info=[_value_info(v) for v in inner + b.typed])
 
     domains = {"": opset}
     if not standard:
