@@ -89,7 +89,7 @@ def test_pass_dumps_import_back(path, tmp_path):
     """Every NN-<pass>.onnx of `tamec compile --dump-dir` (tamec.Linear/Threshold after canonicalize,
     bounds and blocks after bounds/partition; the MIP passes after lower-mip dump the same graph)
     imports as is (the evaluator gives the original's outputs) and runs through `tamec run`'s
-    pipeline to the same outputs."""
+    pipeline to the same outputs; so does the standard-ops export of every stage's graph."""
     feeds = probes(path)
     want = reference(path, feeds)
     tamec.compile(path, PIPELINE, dump_dir=tmp_path, out=io.StringIO())
@@ -101,6 +101,10 @@ def test_pass_dumps_import_back(path, tmp_path):
         ev = Evaluator(g)
         assert_same([[ev.run(x)[o] for o in g.outputs] for x in feeds], want, f"{f.name} imported")
         assert_same(run_session(str(f), feeds), want, f"{f.name} run")
+        # the standard form of every stage, too: onnxruntime and tamec on it agree with the original
+        std = to_onnx(g, standard=True)
+        assert_same([ort_run(std, x) for x in feeds], want, f"{f.name} standard: onnxruntime")
+        assert_same(run_session(save(std, tmp_path / "std.onnx"), feeds), want, f"{f.name} standard: tamec")
 
 
 @pytest.mark.parametrize("path", all_models())
