@@ -293,3 +293,25 @@ def test_integer_linear_standard_form_declares_its_intermediates(shape, bias, tm
     np.testing.assert_array_equal(ort_run(m, {"x": x})[0], want)
     assert_same(run_session(f, [{"x": x}]), [[want]], "re-import")
     assert tamec.load(f).graph.values["y"].domain == Domain.integer(-11, 11)
+
+
+def test_declared_domain_the_ops_contradict_is_dropped_on_import():
+    """A file whose `domain=` doc strings claim what its ops cannot give (Sign declared bipolar,
+    but Sign(0) = 0: an edited file, or one from an older tamec) imports as if it declared
+    nothing, instead of failing the verifier, and computes onnxruntime's values, zeros included."""
+    from onnx import helper
+
+    from tests.helpers import model
+
+    m = model([helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+              [("x", ["N", 3])], [("y", ["N", 3])])
+    m.graph.value_info.append(helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, ["N", 3]))
+    m.graph.value_info[0].doc_string = "domain=bipolar"
+    g = tamec.load(m).graph
+    verify_graph(g)
+    assert g.values["s"].domain != BIPOLAR
+    x = np.array([[0.0, -2.0, 3.0], [1.0, 0.0, -0.0]], np.float32)
+    np.testing.assert_array_equal(tamec.Session(m).run(None, {"x": x})[0], ort_run(m, {"x": x})[0])
+    # a claim the ops prove stays: Sign of a bipolar-declared input is bipolar
+    m.graph.input[0].doc_string = "domain=bipolar"
+    assert tamec.load(m).graph.values["s"].domain == BIPOLAR
