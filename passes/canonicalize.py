@@ -13,7 +13,10 @@ Rewrite rules, applied until none fires:
                  Threshold(tau=0, lo=-s, hi=s, tie=s); 1-bit Quant (zero point 0, power-of-two
                  scale) -> Threshold with the boundary and tie its rounding mode gives;
                  single-threshold MultiThreshold -> Threshold(tie=hi);
-                 Where(Greater|Less|GreaterOrEqual|LessOrEqual(x, t), a, b) -> Threshold.
+                 Where(Greater|Less|GreaterOrEqual|LessOrEqual(x, t), a, b) -> Threshold, also
+                 with per-channel a, b (flip) and nested Wheres on the same x and t: tamec's own
+                 standard form Where(x > t, hi, Where(x < t, lo, tie)) reads back as its Threshold;
+                 Threshold(Cast(x) to float64) -> Threshold(x) (it compares in float64 anyway).
   ste            x + (T(x) - x) -> T(x): the straight-through idiom is recognized, never
                  evaluated (in float32 it is not always +-1).
   compose        T2(T1(x) op c) for scalar thresholds -> one Threshold on x with the levels T2
@@ -73,6 +76,68 @@ def _channel_axis(t: np.ndarray, rank: int | None) -> tuple[np.ndarray, int] | N
     shape = (1,) * (rank - t.ndim) + t.shape
     big = [k for k, d in enumerate(shape) if d != 1]
     return (t.reshape(-1), big[0]) if len(big) == 1 else None
+
+
+_CMP = {"Greater": lambda s: s > 0, "GreaterOrEqual": lambda s: s >= 0,
+        "Less": lambda s: s < 0, "LessOrEqual": lambda s: s <= 0}
+_EXACT_IN_F64 = frozenset("float32 float16 bfloat16 int8 int16 int32 uint8 uint16 uint32 bool".split())
+
+
+def _side_value(g: Graph, name: str, x: str, t: np.ndarray, side: int, top: bool = False):
+    """The constant `name` holds wherever x is below (side -1), at (0) or above (+1) t; None when
+    it is not decided by that alone. Only single-user values are looked through (`top`: the op
+    being replaced), so the ops folded away feed nothing else."""
+    c = g.const(name)
+    if c is not None:
+        return c.astype(np.float64)
+    op = g.producer(name)
+    if op is None or not (top or single_user(g, name)):
+        return None
+    if op.qualname == "Where":
+        cmp = g.producer(op.inputs[0])
+        if cmp is None or cmp.domain or cmp.op_type not in _CMP or cmp.inputs[0] != x \
+                or not single_user(g, op.inputs[0]) or not _same_const(g.const(cmp.inputs[1]), t):
+            return None
+        if cmp.op_type.endswith("OrEqual") and np.isnan(t).any():
+            return None  # x >= NaN is false, but a Threshold with a NaN tau gives its tie value
+        return _side_value(g, op.inputs[1 if _CMP[cmp.op_type](side) else 2], x, t, side)
+    if op.qualname == "tamec.Threshold" and op.inputs[0] == x:
+        a = op.attrs
+        rank = len(g.values[x].shape or ())
+        if not rank or not _same_const(_per_axis(a["tau"], a["axis"], rank), t):
+            return None
+        f = _per_axis(a["flip"], a["axis"], rank)
+        if side == 0:
+            return np.asarray(a["tie"], np.float64)
+        return np.where(f, a["lo"], a["hi"]) if side > 0 else np.where(f, a["hi"], a["lo"])
+    return None
+
+
+def _per_axis(a, axis: int, rank: int) -> np.ndarray:
+    """A Threshold's scalar or per-channel attribute shaped to broadcast along `axis`."""
+    a = np.asarray(a)
+    return a if a.ndim == 0 else a.reshape((-1,) + (1,) * (rank - axis % rank - 1))
+
+
+def _same_const(a, b) -> bool:
+    """Equal constants up to broadcasting (a scalar tau equals a full tensor of it)."""
+    if a is None:
+        return False
+    try:
+        a, b = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    except ValueError:
+        return False
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
+def _along(v: np.ndarray, axis: int, rank: int | None) -> np.ndarray | None:
+    """A constant that varies at most along `axis` of a rank-`rank` tensor, as a vector."""
+    if v.size == 1:
+        return v.reshape(-1)
+    ca = _channel_axis(v, rank)
+    if ca is None or ca[1] != axis % (rank or 1):
+        return None
+    return ca[0]
 
 
 class Rules:
@@ -231,23 +296,64 @@ class Rules:
         return self.hit("multithreshold")
 
     def where(self, op: Op) -> bool:
+        """Where(cmp(x, t), a, b) whose branches are constants, or Wheres and Thresholds deciding on
+        the same x against the same t, is a function of (x < t, x = t, x > t) alone: one Threshold
+        when it takes two levels (swapped per channel: flip) and one tie value. That covers the
+        Where quantizer and tamec's own standard form of a Threshold (tamec/export/onnx.py)."""
         g = self.g
-        cond, a, b = op.inputs
-        sa, sb = scalar(g, a), scalar(g, b)
-        cmp = g.producer(cond)
-        if sa is None or sb is None or cmp is None or cmp.domain or not single_user(g, cond):
+        cmp = g.producer(op.inputs[0])
+        if cmp is None or cmp.domain or cmp.op_type not in _CMP or not single_user(g, op.inputs[0]):
             return False
-        levels = {"Greater": (sb, sa, sb), "GreaterOrEqual": (sb, sa, sa),
-                  "Less": (sa, sb, sb), "LessOrEqual": (sa, sb, sa)}.get(cmp.op_type)
-        t = g.const(cmp.inputs[1])
-        if levels is None or t is None or is_static(g, cmp.inputs[0]):
+        x, t = cmp.inputs
+        tc = g.const(t)
+        if tc is None or is_static(g, x):
             return False
-        ax = _channel_axis(t.astype(np.float64), len(g.values[cmp.inputs[0]].shape or ()) or None)
-        if ax is None:
+        rank = len(g.values[x].shape or ()) or None
+        tau = _channel_axis(tc.astype(np.float64), rank)
+        if tau is None:
             return False
-        lo, hi, tie = levels
-        make_threshold(g, op, cmp.inputs[0], tau=ax[0], lo=lo, hi=hi, tie=tie, axis=ax[1], origin=cmp.origin)
+        sides = [_side_value(g, op.outputs[0], x, tc, side, top=True) for side in (-1, 0, 1)]
+        if any(v is None for v in sides):
+            return False
+        try:
+            below, at, above = (_along(np.broadcast_to(v, np.broadcast_shapes(*(np.shape(s) for s in sides))),
+                                       tau[1], rank) for v in sides)
+        except ValueError:
+            return False
+        if below is None or at is None or above is None:
+            return False
+        n = max(below.size, at.size, above.size, tau[0].size)
+        below, at, above = (np.broadcast_to(v, (n,)) for v in (below, at, above))
+        lo, hi = float(below[0]), float(above[0])
+        flip = (below == hi) & (above == lo) & (lo != hi)
+        if not np.all(flip | ((below == lo) & (above == hi))):
+            return False
+        src = g.producer(x)  # the domain of x before an exact cast (tamec's standard form casts)
+        exact = src is not None and src.qualname == "Cast" and g.values[src.inputs[0]].dtype in _EXACT_IN_F64
+        xdom = g.values[src.inputs[0] if exact else x].domain
+        if np.all(at == at[0]):
+            tie = float(at[0])
+        elif not np.isnan(tau[0]).any() and not any(xdom.contains(v) for v in np.broadcast_to(tau[0], (n,))):
+            tie = lo  # x never equals t: the tie value is never produced (a NaN t always gives it)
+        else:
+            return False
+        tau_v = np.broadcast_to(tau[0], (n,)).copy() if flip.any() and tau[0].ndim == 0 else tau[0]
+        make_threshold(g, op, x, tau=tau_v, lo=lo, hi=hi, tie=tie, axis=tau[1],
+                       flip=flip if tau_v.ndim else flip.reshape(()), origin=cmp.origin)
         return self.hit("where-quantizer")
+
+    def threshold_cast(self, op: Op) -> bool:
+        """Threshold(Cast(x) to float64) -> Threshold(x): the Threshold compares in float64 already,
+        and the cast of a float32/16 or small integer x is exact (tamec's standard form casts)."""
+        g = self.g
+        if op.qualname != "tamec.Threshold":
+            return False
+        cast = g.producer(op.inputs[0])
+        if cast is None or cast.qualname != "Cast" or g.values[op.inputs[0]].dtype != "float64" \
+                or g.values[cast.inputs[0]].dtype not in _EXACT_IN_F64:
+            return False
+        g.set_inputs(op.id, [cast.inputs[0]])
+        return self.hit("threshold-cast")
 
     # straight-through idiom ----------------------------------------------------------------------
     def ste(self, op: Op) -> bool:
@@ -298,7 +404,8 @@ class Canonicalize(Pass):
     def rewrite(self, g, ctx, module):
         stats: dict = {}
         rules = Rules(g, stats)
-        order = (rules.identity, rules.flatten, rules.linear, rules.sign, rules.ste, rules.compose)
+        order = (rules.identity, rules.flatten, rules.linear, rules.sign, rules.ste, rules.compose,
+                 rules.threshold_cast)
         for _ in range(64):
             changed = fold_constants(g, quantizers=False)
             stats["fold"] = stats.get("fold", 0) + changed

@@ -18,7 +18,7 @@ Backward, op by op (documented selections at kinks):
   BatchNormalization   eval: the affine map with the running statistics; train: batch statistics
                        as torch (biased variance to normalize, unbiased for the running update,
                        running = momentum * running + (1 - momentum) * batch, ONNX's momentum).
-  Threshold            activation: the backward rule (runtime/rules.py); on a latent weight:
+  Threshold            activation: the backward rule (tamec/ops/rules.py); on a latent weight:
                        identity (above).
   Add/Sub/Mul/Div      exact, with broadcasting.      Relu        1 where x > 0 (0 at 0).
   Clip                 1 on the closed window.        MaxPool     to the first maximal element
@@ -1260,7 +1260,7 @@ def _maxpool(prog, op, ins, out):
 
 
 # The backward stage of the op registry: forward + vector-Jacobian product per op; the Threshold's
-# backward is the chosen rule's (runtime/rules.py).
+# backward is the chosen rule's (tamec/ops/rules.py).
 for _q, _build in {
     "tamec.Linear": _linear, "Conv": _conv, "BatchNormalization": _batchnorm, "Add": _binary("add"),
     "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"), "Reshape": _reshape,
@@ -1268,4 +1268,4 @@ for _q, _build in {
     "Relu": _relu, "Clip": _clip, "MaxPool": _maxpool,
 }.items():
     attach("backward", [_q], _build, how="vjp")
-attach("backward", ["tamec.Threshold"], _threshold, how="the --rule (runtime/rules.py)")
+attach("backward", ["tamec.Threshold"], _threshold, how="the --rule (tamec/ops/rules.py)")

@@ -30,14 +30,14 @@ permutation, skips the steps already done and continues: the result is the same 
 uninterrupted run with the same seed (single-threaded or not, numpy and BLAS are deterministic
 for the same shapes).
 
-Backward rules (tamec.runtime.rules has the formulas). The default is bb-mid:5, the derivative of
+Backward rules (tamec/ops/rules.py has the formulas). The default is bb-mid:5, the derivative of
 the centre of each block's relaxed interval on its depth-5 branch-and-bound leaf (the average of
 the block's lower and upper LP dual bounds: a fixed Lipschitz surrogate); K = 5 was chosen among
 3, 4, 5 by validation accuracy on the last 15 % of the training splits of digits and mnist5k
 (bench/accuracy.py; K = 4 was within 0.02 points). lp-dual and
 bb-dual:K are available but do not train: descending the lower (optimistic) dual bound pulls every
 pre-activation towards its threshold and shrinks the BatchNorm scales to ~0 (the analysis is in
-the tamec.runtime.rules docstring and issue 6's notes/train_bench.md). ste and ste-clip are the
+the tamec/ops/rules.py docstring and issue 6's notes/train_bench.md). ste and ste-clip are the
 heuristics BinaryConnect / BinaryNet use.
 
 Interval bounds of the threshold inputs depend on the parameters (binarized weights, BatchNorm

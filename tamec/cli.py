@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "block's relaxed interval, the mean of its lower and upper dual bounds, on the depth-5 "
                         "branch-and-bound leaf; K chosen on validation). lp-dual and bb-dual:K are available but "
                         "do not train (descending the lower dual bound shrinks the BatchNorm scales; see "
-                        "tamec.runtime.rules); ste and ste-clip are heuristics")
+                        "tamec/ops/rules.py); ste and ste-clip are heuristics")
     t.add_argument("--optimizer", choices=["adam", "sgd", "bop"], help="default adam")
     t.add_argument("--lr", type=float, help="learning rate (default adam 0.01, sgd 0.1; bop: Adam's for the "
                    "real parameters)")

@@ -37,6 +37,8 @@ INCLUDE: dict[str, str] = {
     "Ceil": r"^test_ceil_",
     "Clip": r"^test_clip_", "Concat": r"^test_concat_", "Constant": r"^test_constant_cpu$",
     "ConstantOfShape": r"^test_constantofshape_", "Conv": r"^test_(basic_conv|conv_with)_",
+    "ConvTranspose": r"^test_convtranspose", "OneHot": r"^test_onehot_",
+    "ScatterElements": r"^test_scatter_elements_",
     "Div": r"^test_div_", "Dropout": r"^test_(training_)?dropout_", "Elu": r"^test_elu_",
     "Equal": r"^test_equal_", "Erf": r"^test_erf_", "Exp": r"^test_exp_", "Expand": r"^test_expand_",
     "Flatten": r"^test_flatten_", "Floor": r"^test_floor_",

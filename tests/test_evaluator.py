@@ -279,6 +279,13 @@ CASES = [
     ("BatchNorm-op14", "BatchNormalization",
      [f32(4, 3, 5), K(f32(3)), K(f32(3)), K(f32(3)), K(pos(3))], {"training_mode": 0}, 14, 1),
     ("BatchNorm-op15", "BatchNormalization", [f32(4, 3), K(f32(3)), K(f32(3)), K(f32(3)), K(pos(3))], {}, 15, 1),
+    # the ops of tamec's gradient graphs (tamec/export/grad.py), as it writes them
+    ("OneHot", "OneHot", [i64(3, 0, 9, 4), K(np.int64(10)), K(np.array([0.0, 1.0], np.float32))], {"axis": -1}, 17, 1),
+    ("ScatterElements-add", "ScatterElements",
+     [np.zeros((2, 9), np.float32), K(np.array([[0, 4, 4], [8, 1, 0]], np.int64)), f32(2, 3)],
+     {"axis": 1, "reduction": "add"}, 17, 1),
+    ("ConvTranspose-stride-outpad", "ConvTranspose", [f32(2, 4, 3, 3), K(f32(4, 3, 3, 3))],
+     {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, 17, 1),
 ]
 
 

@@ -5,11 +5,11 @@
            parameter by its initializer name (`prog.params`: latent weights as latents);
   outputs  `loss` (float32 scalar, mean over the batch) and `grad_<name>` for every parameter
            (the same shapes as the parameters).
-It is the runtime's computation op for op (runtime/autograd.py, runtime/rules.py), in the same
+It is the runtime's computation op for op (runtime/autograd.py, tamec/ops/rules.py), in the same
 float32 formulas, so the two agree to rounding:
   - BatchNormalization in inference mode, its running statistics (`prog.state`) baked in;
   - each activation threshold's backward rule (lp-dual, bb-dual:K, lp-mid, bb-mid:K, ste,
-    ste-clip; runtime/rules.py) with its constants BAKED IN: the proven bounds
+    ste-clip; tamec/ops/rules.py) with its constants BAKED IN: the proven bounds
     [L, U] of its pre-activation (from the compiled model's `bounds` pass, as `prog` holds them
     now), turned into the rule's per-neuron windows and slopes; a gradient graph is only valid
     for the parameter values whose bounds it carries (re-export after `prog.refresh_bounds`);

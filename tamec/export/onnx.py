@@ -17,7 +17,10 @@ Standard (`standard=True`): only default-domain ops, at the graph's own opset (>
   float64 when an integer product could exceed float32's exact range;
 - `tamec.Threshold` -> `Where(x > tau, hi', Where(x < tau, lo', tie))` with x cast to float64 and
   tau (f64) reshaped along `axis`; hi'/lo' swapped where `flip`. NaN tau compares false both
-  ways (constant tie), +-inf tau gives constant lo/hi: the rule in tamec/ops.py, literally;
+  ways (constant tie), +-inf tau gives constant lo/hi: the rule in tamec/ops.py, literally.
+  When y's domain lacks the tie value (the verifier proved x never equals tau) it is
+  `Where(x > tau, hi', lo')`, so every value the file computes lies in the domain it declares;
+  `canonicalize` reads both forms back as the same Threshold;
 - QONNX `BipolarQuant(x, s)` -> `Where(x >= 0, s, -s)` (`Not(x < 0)` below opset 12, which
   sends a NaN x to +s where QONNX gives -s);
 - any other custom op raises UnsupportedModelError naming all of them.
@@ -32,7 +35,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from tamec.errors import UnsupportedModelError
-from tamec.ir.graph import Graph, Op, Value
+from tamec.ir.graph import REAL, Domain, Graph, Op, Value
 from tamec.ir.text import _scalar
 from tamec.verifier import threshold_tau_shape
 from tamec.ops import QONNX_DOMAIN, STANDARD_OPS, TAMEC_DOMAIN, attach, hook, require
@@ -113,6 +116,14 @@ class _Builder:
         self.inits: list[TensorProto] = []
         self.taken = set(g.values)  # value names
         self.taken_nodes = set(g.nx.nodes)  # node names: ONNX keeps them apart from value names
+        self.typed: list[Value] = []  # lowered intermediates whose domain the file must declare
+
+    def declare(self, name: str, like: Value, dtype: str, domain: Domain) -> str:
+        """Record that the fresh value `name` (shaped like `like`) lies in `domain`, so a re-import
+        verifies the integer ops that read it (the verifier does not infer products)."""
+        if name != like.name and domain.kind != "real":
+            self.typed.append(Value(name, like.shape, dtype, domain))
+        return name
 
     @staticmethod
     def _fresh(taken: set[str], base: str) -> str:
@@ -153,6 +164,14 @@ def _needs_f64(x: Value, w: Value) -> bool:
     return w.shape[1] * xmax * wmax >= _F32_EXACT
 
 
+def _product_domain(x: Value, w: Value) -> Domain:
+    """An integer domain holding x @ W^T when both are integer (the bias comes after), else real."""
+    if not (x.domain.is_integer and w.domain.is_integer) or w.shape is None or not isinstance(w.shape[1], int):
+        return REAL
+    bound = w.shape[1] * max(abs(v) for v in x.domain.interval()) * max(abs(v) for v in w.domain.interval())
+    return Domain.integer(-bound, bound) if float(bound).is_integer() else REAL
+
+
 def _operand(b: _Builder, op: Op, name: str, dtype: str, transpose: bool = False) -> str:
     """`name` (a weight or bias) in `dtype`, transposed if asked: folded when it is a constant."""
     v = b.g.value(name)
@@ -170,7 +189,7 @@ def _lower_linear(b: _Builder, op: Op) -> None:
     y = g.value(op.outputs[0])
     floating = np.issubdtype(np.dtype(x.dtype), np.floating)
     cdt = "float64" if not floating or _needs_f64(x, w) else x.dtype
-    xin = b.cast(op, x.name, x.dtype, cdt)
+    xin = b.declare(b.cast(op, x.name, x.dtype, cdt), x, cdt, x.domain)
     out = op.outputs[0] if cdt == y.dtype else None
     if x.shape is not None and len(x.shape) == 2:
         ins = [xin, _operand(b, op, w.name, cdt)]
@@ -182,8 +201,11 @@ def _lower_linear(b: _Builder, op: Op) -> None:
     else:
         mm = b.node(op, "MatMul", [xin, _operand(b, op, w.name, cdt, transpose=True)],
                     None if bias is not None else out)
+        if bias is not None:
+            b.declare(mm, y, cdt, _product_domain(x, w))
         res = b.node(op, "Add", [mm, _operand(b, op, bias, cdt)], out) if bias is not None else mm
     if out is None:
+        b.declare(res, y, cdt, y.domain)  # computed exactly, so y's domain before the cast
         b.cast(op, res, cdt, y.dtype, op.outputs[0])
 
 
@@ -206,8 +228,11 @@ def _lower_threshold(b: _Builder, op: Op) -> None:
     xd = b.cast(op, x.name, x.dtype, "float64")
     tau_c = b.const(f"{op.id}/tau", tau.reshape(shape))
     gt = b.node(op, "Greater", [xd, tau_c])
-    lt = b.node(op, "Less", [xd, tau_c])
-    low = b.node(op, "Where", [lt, b.const(f"{op.id}/lo", lo_eff), b.const(f"{op.id}/tie", tie)])
+    if y.domain.contains(tie):
+        lt = b.node(op, "Less", [xd, tau_c])
+        low = b.node(op, "Where", [lt, b.const(f"{op.id}/lo", lo_eff), b.const(f"{op.id}/tie", tie)])
+    else:  # the verified domain proves x never equals tau: a tie branch would claim a value y lacks
+        low = b.const(f"{op.id}/lo", lo_eff)
     b.node(op, "Where", [gt, b.const(f"{op.id}/hi", hi_eff), low], op.outputs[0])
 
 
@@ -276,7 +301,7 @@ def to_onnx(graph: Graph, *, standard: bool = False, keep_domains=frozenset()) -
         [_value_info(g.values[n]) for n in g.inputs],
         [_value_info(g.values[n]) for n in g.outputs],
         initializer=[_initializer(v) for v in consts] + b.inits,
-        value_info=[_value_info(v) for v in inner])
+        value_info=[_value_info(v) for v in inner + b.typed])
 
     domains = {"": opset}
     if not standard:

@@ -18,7 +18,9 @@ error it raises names the file, the node and what to do:
     int8-64, uint8-64, bool; not string, complex, float8, 4- or 2-bit types); all others
     listed at once                                             -> UnsupportedModelError
  9. the Graph: one Op per node (Constant nodes become constant values), initializers become
-    constant values, graph inputs become real-valued inputs.
+    constant values, graph inputs become real-valued inputs; the domains tamec's own files
+    declare (`domain=` doc strings) are read back, and value-preserving ops (Reshape, MaxPool,
+    Where, ...) give undeclared outputs their inputs' domains (tamec/ir/domains.py).
 
 Initializers that are also listed as graph inputs (the legacy exporters' habit, and what
 `ir_version < 4` demands) are treated as constants and dropped from `graph.inputs`: ONNX lets a
@@ -40,8 +42,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tamec import ops as tops
-from tamec.errors import ModelLoadError, ModelStructureError, TamecError, UnsupportedModelError, UsageError
+from tamec.errors import (ModelLoadError, ModelStructureError, TamecError, UnsupportedModelError, UsageError,
+                          VerificationError)
+from tamec.ir.domains import infer_domains
 from tamec.ir.graph import BIN01, REAL, Graph, Op, Value
+from tamec.verifier import verify_graph
 
 MIN_OPSET = 9
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -175,10 +180,12 @@ def _origin_or(n: onnx.NodeProto, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(names) if isinstance(names, list) and all(isinstance(x, str) for x in names) else default
 
 
-def _domains_from_docs(g: Graph, graph: onnx.GraphProto) -> None:
-    """Domains tamec's dumps record as `domain=...` on values (kept only if the data agree)."""
+def _domains_from_docs(g: Graph, graph: onnx.GraphProto) -> int:
+    """Domains tamec's dumps record as `domain=...` on values (kept only if the data agree);
+    returns how many it set."""
     from tamec.ir.text import _parse_domain, _Tokens
 
+    n = 0
     for item in list(graph.value_info) + list(graph.input) + list(graph.output) + list(graph.initializer):
         m = re.search(r"(?:^| )domain=(\S+)", item.doc_string)
         v = g.values.get(item.name)
@@ -190,6 +197,8 @@ def _domains_from_docs(g: Graph, graph: onnx.GraphProto) -> None:
             continue
         if v.const is None or d.contains(v.const):
             v.domain = d
+            n += 1
+    return n
 
 
 class _Importer:
@@ -653,7 +662,20 @@ class _Importer:
             g.add_op(Op(self.ids[k], n.op_type, list(n.input), outs, self.attrs(n, self.ids[k]),
                         tops.normalize_domain(n.domain), _origin_or(n, (self.names[k] or self.ids[k],))))
         g.outputs = [vi.name for vi in m.graph.output]
-        _domains_from_docs(g, m.graph)
+        plain = {name: v.domain for name, v in g.values.items()}
+        declared = _domains_from_docs(g, m.graph)
+        # values a file leaves undeclared (the Wheres of tamec's standard Threshold) get what
+        # their inputs carry, so the declared domains after them verify
+        infer_domains(g, keep_declared=True)
+        if declared:
+            try:
+                verify_graph(g)
+            except VerificationError:
+                # declared domains are claims (an older tamec's, or edited by hand): when the ops
+                # contradict them, read the file as if it declared none; the passes infer again
+                for name, d in plain.items():
+                    g.values[name].domain = d
+                infer_domains(g, keep_declared=True)
         return g
 
     def attrs(self, n: onnx.NodeProto, node: str) -> dict[str, Any]:

@@ -103,3 +103,5 @@ def _bounds_conv(iv, op, ins):
 
 
 define("", "Conv", "conv", PL, bounds=_bounds_conv, doc="N-d grouped convolution, every auto_pad")
+# the backward of Conv in tamec's own gradient graphs (tamec/export/grad.py), which must read back
+define("", "ConvTranspose", "conv", PL)

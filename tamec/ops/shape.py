@@ -14,4 +14,6 @@ define_all("Reshape Flatten Transpose Squeeze Unsqueeze Identity Dropout Gather 
 define("", "Concat", "shape", PL, bounds=lambda iv, op, ins: iv.monotone(op, every_input=True))
 define_all("CastLike Shape Size Range Constant ConstantOfShape", "shape", PL)
 define_all("ReduceMean ReduceSum ReduceMax", "reduce", PL, bounds=_bounds_monotone)
+# written by tamec's own gradient graphs (tamec/export/grad.py), so they must read back
+define_all("OneHot ScatterElements", "shape", PL)
 define("", "ArgMax", "reduce", STEP, doc="an index: piecewise constant, jumps where the maximum moves")
