@@ -17,7 +17,7 @@ Two phases (a run without --no-validate does both):
     looking at the test set. Each candidate trains on the first 85 % of the dataset's fixed
     training split and is scored on the held-out last 15 % (floor(0.15 n) examples: digits
     1069 / 188, mnist5k 3400 / 600; the training split is the stratified, shuffled
-    train_test_split of tamec.data, so its tail is a fixed random subset). K is the candidate with
+    train_test_split of tamec.drivers.data, so its tail is a fixed random subset). K is the candidate with
     the highest validation accuracy averaged over both datasets and all seeds (ties: the smaller K).
  2. test: the chosen bb-mid:K and the comparison rules (--rules: lp-dual, bb-dual:1, ste-clip, ste,
     float) train on the full training split and are scored on the test split.
@@ -50,7 +50,7 @@ VALIDATION = 0.15  # the last floor(15 %) of the training split
 def validation_split(data: str, folder: str) -> str:
     """An .npz whose train part is the first 85 % of `data`'s training split and whose test part
     is the held-out last 15 % (floor(0.15 n) examples); the test split is not used."""
-    from tamec.data import load_dataset
+    from tamec.drivers.data import load_dataset
 
     ds = load_dataset(data)
     n = len(ds.x_train)
@@ -79,7 +79,7 @@ def run_float(data, seed, epochs, batch, lr) -> float:
     import torch.nn.functional as F
     from onnx import numpy_helper
 
-    from tamec.data import load_dataset
+    from tamec.drivers.data import load_dataset
 
     torch.set_num_threads(1)
     init = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in onnx.load(str(MODELS[data])).graph.initializer}

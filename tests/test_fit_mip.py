@@ -150,7 +150,7 @@ def test_lowering_structure_and_errors():
 def test_to_onnx_runs_identically_with_ties():
     """The exported ONNX graph computes the numpy network in onnxruntime and tamec.Session,
     including the ties (pixel exactly 0.5, pre-activation exactly tau) that go to +1."""
-    from tamec.fit import run_both, to_onnx
+    from tamec.drivers.fit import run_both, to_onnx
 
     rng = np.random.default_rng(0)
     x = rng.choice([0.0, 0.5, 1.0, 0.25], (40, 64)).astype(np.float32)
@@ -172,7 +172,7 @@ def test_to_onnx_runs_identically_with_ties():
 
 def test_arch_from_model():
     """A plain MLP gives its layer widths; a CNN is refused with a UsageError naming its ops."""
-    from tamec.fit import arch_from_model
+    from tamec.drivers.fit import arch_from_model
 
     assert arch_from_model(MODELS / "mlp_sign.onnx") == [64, 64, 64, 10]
     with pytest.raises(UsageError, match="not a plain MLP.*Conv"):
@@ -181,7 +181,7 @@ def test_arch_from_model():
 
 def test_missing_sklearn_is_a_usage_error(monkeypatch):
     """Without scikit-learn the data loader says how to install it."""
-    from tamec.fit import load_data
+    from tamec.drivers.fit import load_data
 
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
@@ -195,7 +195,7 @@ def test_fit_mip_end_to_end(tmp_path):
     import onnxruntime as ort
 
     import tamec
-    from tamec.fit import arch_from_model, fit_mip, load_data
+    from tamec.drivers.fit import arch_from_model, fit_mip, load_data
 
     rep = fit_mip([64, 16, 10], per_class=2, time_limit=20, out_dir=tmp_path)
     assert rep.solved, rep.notes  # HiGHS finds an incumbent in well under 20 s here

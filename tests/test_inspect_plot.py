@@ -14,7 +14,7 @@ import pytest
 import tamec
 from tamec.cli import main
 from tamec.dual.blocks import key_duals
-from tamec.plot import block_data, plot_block
+from tamec.drivers.plot import block_data, plot_block
 from tests.conftest import MODELS
 
 PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,tame-check,dualize"

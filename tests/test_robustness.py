@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 from tamec.errors import UsageError
-from tamec.verify import verify
+from tamec.drivers.verify import verify
 from tests.helpers import model
 
 

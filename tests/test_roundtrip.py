@@ -182,7 +182,7 @@ def test_tamec_train_then_tamec_run_on_both_models(tmp_path, capsys):
     the model whose agreement with the trained runtime `tamec train` checks; `tamec compile` takes
     both down to the MIP."""
     from tamec.cli import main
-    from tamec.data import load_dataset
+    from tamec.drivers.data import load_dataset
 
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--batch", "256", "--rule", "ste", "--skip-certify",

@@ -153,7 +153,7 @@ def test_cli_trains_and_exports_reproduce_the_accuracy(tmp_path, capsys):
     import onnxruntime as ort
 
     from tamec.cli import main
-    from tamec.data import load_dataset
+    from tamec.drivers.data import load_dataset
 
     out = tmp_path / "run"
     assert main(["train", "--epochs", "4", "--rule", "ste-clip", "--out", str(out), "--no-progress"]) == 0

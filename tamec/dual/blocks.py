@@ -21,7 +21,7 @@ flows) and certifies each with `certify`, the value function computed exactly by
 reported in the 1-D parametrization: phi(s') = min_k (slope_k s' + const_k), slope = pi . e.
 With `chvatal=True`, keys whose data are integer (lattice pre-activations with tau on the
 integers, e.g. TFC's hidden layers) also get a certified Chvatal dual at the integer s' next to
-s_ref. Each key's report carries its `problem` (A, d0, e, bounds, costs: what `tamec.plot` needs
+s_ref. Each key's report carries its `problem` (A, d0, e, bounds, costs: what `tamec.drivers.plot` needs
 to redraw the value function) and `covers` (the block rows and neuron indices it stands for).
 
 `block_specs` adds the MaxPool keys (tamec/dual/pool.py) and `row_coverage` says what covers each

@@ -322,7 +322,7 @@ def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 
             logits_tr, logits_te = run_both(str(path), x), run_both(str(path), xte)
         if not (np.array_equal(logits_tr, scores) and np.array_equal(logits_te, forward(params, xte)[1])):
             raise CheckMismatchError("the exported model does not compute the network the MIP found",
-                                     hint="this is a bug in tamec.fit.to_onnx; please report it")
+                                     hint="this is a bug in tamec.drivers.fit.to_onnx; please report it")
         mip["train_acc"], mip["test_acc"] = _acc(logits_tr, y), _acc(logits_te, yte)
         mip["weights"] = [{"W": W.tolist(), "tau": None if tau is None else tau.tolist()} for W, tau in params]
         model_path = str(path) if out else None
