@@ -22,6 +22,7 @@ import numpy as np
 
 from tamec.ir.graph import Graph, Op
 from tamec.ir.rewrite import eval_op
+from tamec.ir.window import offsets, pad_spatial, window
 from tamec.passmanager import Pass, input_box, register
 
 MONOTONE = frozenset("""Relu Clip HardSigmoid Sigmoid Tanh MaxPool AveragePool GlobalAveragePool Reshape
@@ -36,22 +37,17 @@ def _widen(lo, hi):
 
 
 def _conv(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
-    """Plain float64 NCHW convolution (2-D), for bounds only."""
-    n, c, h, wd = x.shape
-    m, cg, kh, kw = w.shape
+    """Plain float64 convolution (any rank, auto_pad, groups), for bounds only: the
+    evaluator's windows, a tensor contraction per kernel offset."""
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
     group = int(attrs.get("group", 1))
-    sh, sw = attrs.get("strides", [1, 1])
-    dh, dw = attrs.get("dilations", [1, 1])
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    win = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # n, c, oh, ow, kh, kw
-    outs = []
-    for gi in range(group):
-        xs = win[:, gi * cg:(gi + 1) * cg]
-        ws = w[gi * (m // group):(gi + 1) * (m // group)]
-        outs.append(np.einsum("ncyxij,mcij->nmyx", xs, ws, optimize=True))
-    return np.concatenate(outs, axis=1)
+    win = window(attrs, x.shape[2:], list(attrs.get("kernel_shape") or w.shape[2:]))
+    wg = w.reshape(group, m // group, cg, *w.shape[2:])
+    y = np.zeros((n, group, m // group, *win.out))
+    for kidx, xs in offsets(pad_spatial(x, win, 0.0), win):
+        y += np.einsum("ngc...,gmc->ngm...", xs.reshape(n, group, cg, *win.out), wg[(...,) + kidx])
+    return y.reshape(n, m, *win.out)
 
 
 class Intervals:

@@ -40,6 +40,7 @@ from numba import njit
 from tamec.errors import InputError, UnsupportedModelError, UsageError
 from tamec.evaluator import _per_channel  # the evaluator's alignment rule, shared
 from tamec.ir.graph import Domain, Graph, Op
+from tamec.ir.window import offsets, pad_spatial, window
 from tamec.runtime import rules as R
 
 WEIGHT_CHAIN = frozenset({"tamec.Threshold", "Transpose", "Reshape", "Identity", "Flatten"})
@@ -751,8 +752,6 @@ def _linear(prog, op, ins, out):
 
 
 def _conv(prog, op, ins, out):
-    from tamec.evaluator import _window
-
     ix, iw = ins[0], ins[1]
     ib = ins[2] if len(ins) > 2 else -1
     if int(op.attrs.get("group", 1)) != 1:
@@ -763,17 +762,17 @@ def _conv(prog, op, ins, out):
     kshape = list(op.attrs.get("kernel_shape") or wshape[2:])
     cache = {}
 
-    def window(spatial):
+    def window_of(spatial):
         w = cache.get(spatial)
         if w is None:
-            w = cache[spatial] = _window(op.attrs, spatial, kshape)
+            w = cache[spatial] = window(op.attrs, spatial, kshape)
         return w
 
     def fwd(env, ctx):
         x, w = env[ix], env[iw]
         n, c, h, wd = x.shape
         m = w.shape[0]
-        win = window((h, wd))
+        win = window_of((h, wd))
         (ph, pw), (th, tw) = win.head, [t + e for t, e in zip(win.tail, win.extra)]
         xp = np.pad(x, ((0, 0), (0, 0), (ph, th), (pw, tw))) if ph or pw or th or tw else x
         (ho, wo), (sh, sw), (dh, dw) = win.out, win.strides, win.dilations
@@ -811,7 +810,7 @@ def _conv(prog, op, ins, out):
             ph, pw = win.head
             _acc(gs, ix, np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + wd].transpose(1, 0, 2, 3)))
 
-    return Step("conv", op, ins, out, {"kernel": kshape, "window": window}, fwd, bwd)
+    return Step("conv", op, ins, out, {"kernel": kshape, "window": window_of}, fwd, bwd)
 
 
 @njit(cache=True)
@@ -1234,8 +1233,6 @@ def _clip(prog, op, ins, out):
 
 
 def _maxpool(prog, op, ins, out):
-    from tamec.evaluator import _offsets, _pad_spatial, _window
-
     kshape = list(op.attrs["kernel_shape"])
     if len(kshape) != 2:
         raise _Unsupported("2-D pooling only")
@@ -1246,10 +1243,10 @@ def _maxpool(prog, op, ins, out):
 
     def fwd(env, ctx):
         x = env[ix]
-        win = _window(op.attrs, x.shape[2:], kshape, ceil)
-        xp = _pad_spatial(x, win, -np.inf)
+        win = window(op.attrs, x.shape[2:], kshape, ceil)
+        xp = pad_spatial(x, win, -np.inf)
         y = arg = None
-        for k, (_, xs) in enumerate(_offsets(xp, win)):
+        for k, (_, xs) in enumerate(offsets(xp, win)):
             if y is None:
                 y = xs.copy()
                 arg = np.zeros(y.shape, np.int32)  # window index: windows may exceed 127 taps
@@ -1265,7 +1262,7 @@ def _maxpool(prog, op, ins, out):
             return
         arg, xshape, pshape, win = sv
         dxp = np.zeros(pshape, np.float32)
-        for k, (_, view) in enumerate(_offsets(dxp, win)):
+        for k, (_, view) in enumerate(offsets(dxp, win)):
             view += np.where(arg == k, gr, np.float32(0))
         h, w = win.head
         _acc(gs, ix, np.ascontiguousarray(dxp[:, :, h:h + xshape[2], w:w + xshape[3]]))

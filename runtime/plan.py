@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from tamec.errors import InputError, ModelStructureError, TamecError
-from tamec.evaluator import Evaluator, _window
+from tamec.evaluator import Evaluator
+from tamec.ir.window import window
 from tamec.ir.graph import Graph, Op, Value
 from tamec.runtime import kernels as K
 from tamec.runtime.bits import WORD, aligned, pack, pack_weights, unpack, words
@@ -798,7 +799,7 @@ class _Builder:
         m_, _, kh, kw = w.shape
         xdims = _static(self.value(conv.inputs[0]).shape)
         h, wd = xdims[1:]
-        win = _window(conv.attrs, (h, wd), [kh, kw])
+        win = window(conv.attrs, (h, wd), [kh, kw])
         oh, ow = win.out
         if (m_, oh, ow) != tuple(dims):
             raise ModelStructureError(f"Conv output {tuple(dims)} disagrees with its window {(m_, oh, ow)}")
@@ -875,7 +876,7 @@ class _Builder:
             ks = list(op.attrs.get("kernel_shape") or [kh, kw])
             if ks != [kh, kw]:
                 return False
-            win = _window(op.attrs, rep.spatial, [kh, kw])
+            win = window(op.attrs, rep.spatial, [kh, kw])
             oh, ow = win.out
             padded = any(win.head) or any(win.tail)
             geom = np.array([rep.spatial[0], rep.spatial[1], kh, kw, *win.strides, *win.dilations,
@@ -1017,7 +1018,7 @@ class _Builder:
         ps, rep = self.pslot[x]
         if len(rep.spatial) != 2:
             return False
-        win = _window(op.attrs, rep.spatial, list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
+        win = window(op.attrs, rep.spatial, list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
         oh, ow = win.out
         geom = np.array([rep.spatial[0], rep.spatial[1], *win.kernel, *win.strides, *win.dilations,
                          win.head[0], win.head[1], oh, ow], np.int64)

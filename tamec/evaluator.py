@@ -38,6 +38,7 @@ from onnx import AttributeProto, helper, numpy_helper
 
 from tamec.errors import InputError, ModelStructureError, TamecError, UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
+from tamec.ir.window import Window, offsets, pad_spatial, window
 from tamec.ops import QONNX_DOMAIN, QONNX_DOMAINS, TAMEC_DOMAIN, is_supported, normalize_domain, supported_summary
 
 Array = np.ndarray
@@ -400,62 +401,9 @@ def _k_linear(ev: Evaluator, op: Op) -> Kernel:
 # ------------------------------------------------------------------------------------------------
 # Convolution and pooling: one windowing scheme, a strided slice per kernel offset
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class _Window:
-    head: list[int]
-    tail: list[int]
-    extra: list[int]  # overhang past the padded input that ceil_mode windows reach
-    out: list[int]
-    strides: list[int]
-    dilations: list[int]
-    kernel: list[int]
-
-
-def _window(attrs: dict, spatial: tuple[int, ...], kernel: list[int], ceil_mode: bool = False) -> _Window:
-    """Output size and padding per ONNX (auto_pad, pads, strides, dilations, ceil_mode)."""
-    n = len(spatial)
-    strides = list(attrs.get("strides") or [1] * n)
-    dil = list(attrs.get("dilations") or [1] * n)
-    pads = list(attrs.get("pads") or [0] * (2 * n))
-    auto = attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    head, tail, out = [], [], []
-    for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dil)):
-        ext = (k - 1) * d + 1
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-size // s)
-            total = max(0, (o - 1) * s + ext - size)
-            h = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            head.append(h), tail.append(total - h), out.append(o)
-        elif auto == "VALID":
-            head.append(0), tail.append(0), out.append((size - ext) // s + 1)
-        else:
-            h, t = pads[i], pads[i + n]
-            span = size + h + t - ext
-            o = (-(-span // s) if ceil_mode else span // s) + 1
-            if ceil_mode and (o - 1) * s >= size + h:
-                o -= 1  # no window starts in the right padding (onnxruntime; ONNX shape inference differs)
-            head.append(h), tail.append(t), out.append(o)
-    if any(o <= 0 for o in out):
-        raise ValueError(f"window {kernel} does not fit input {spatial} with pads {head}+{tail}")
-    extra = [max(0, (o - 1) * s + (k - 1) * d + 1 - (size + h + t))
-             for o, s, k, d, size, h, t in zip(out, strides, kernel, dil, spatial, head, tail)]
-    return _Window(head, tail, extra, out, strides, dil, list(kernel))
-
-
-def _pad_spatial(x: Array, w: _Window, value, lead: int = 2) -> Array:
-    widths = [(0, 0)] * lead + [(h, t + e) for h, t, e in zip(w.head, w.tail, w.extra)]
-    if not any(a or b for a, b in widths):
-        return x
-    return np.pad(x, widths, constant_values=value)
-
-
-def _offsets(xp: Array, w: _Window, lead: int = 2):
-    """For each kernel offset, the strided view of padded `xp` that offset reads: (..., *out)."""
-    for kidx in np.ndindex(*w.kernel):
-        sl = tuple(slice(k * d, k * d + (o - 1) * s + 1, s)
-                   for k, d, o, s in zip(kidx, w.dilations, w.out, w.strides))
-        yield kidx, xp[(slice(None),) * lead + sl]
+# the windowing lives in tamec/ir/window.py (shared with bounds, lowering and runtime); the
+# private names stay for the modules that still import them from here
+_Window, _window, _pad_spatial, _offsets = Window, window, pad_spatial, offsets
 
 
 def _k_conv(ev: Evaluator, op: Op) -> Kernel:

@@ -64,6 +64,7 @@ import scipy.sparse as sp
 
 from tamec.errors import InputError, ModelStructureError, UnsupportedModelError
 from tamec.ir.graph import Graph, Op, Value
+from tamec.ir.window import window
 from tamec.ir.mip import Block, Link, Milp, MipModule, VarGroup
 
 AFFINE_OPS = frozenset({"tamec.Linear", "Conv", "Add", "Sub", "Mul", "Div", "Neg", "BatchNormalization"})
@@ -300,9 +301,7 @@ def _broadcast_sel(in_ex: tuple[int, ...], out_ex: tuple[int, ...]) -> sp.csr_ma
 def _window_index(attrs: dict, in_sp: tuple[int, ...], kernel: list[int], ceil_mode: bool = False):
     """(out spatial shape, (P, K) array of the flat input spatial index each output position p
     reads at kernel offset k, or -1 in the padding), by ONNX's window rules (the evaluator's)."""
-    from tamec.evaluator import _window
-
-    w = _window(attrs, in_sp, list(kernel), ceil_mode)
+    w = window(attrs, in_sp, list(kernel), ceil_mode)
     nd = len(in_sp)
     o = np.indices(w.out).reshape(nd, -1)  # (nd, P)
     k = np.indices(kernel).reshape(nd, -1)  # (nd, K)
