@@ -5,7 +5,8 @@ Rules (lo, hi per element, batch dim 1, float64):
   BatchNorm        per-channel affine a (x - mean) + B, ends swapped where a < 0.
   + - * /          interval arithmetic; division by an interval holding 0 is unbounded.
   Threshold        the set of levels each element can reach (lo, hi, tie) given x's bounds.
-  monotone ops     Relu, Clip, pools, reshapes, quantizers, Sign, ...: the op on lo and on hi.
+  monotone ops     Relu, Clip, pools, reshapes, quantizers, Sign, ...: the op on lo and on hi, then
+                   per element their min and max (a negative scale makes an op decreasing).
   anything else    unbounded, then clipped to the value's domain: sound, never guessed.
 Real-valued results are widened by 1e-5 relative so that float32 evaluation stays inside.
 
@@ -116,17 +117,26 @@ class Intervals:
         if q in ("Softmax",):
             shape = ins[0][0].shape
             return np.zeros(shape), np.ones(shape)
-        if op.op_type in MONOTONE and (op.op_type not in ("BipolarQuant", "Quant") or
-                                       np.all(g.const(op.inputs[1]) > 0)):
+        if op.op_type in MONOTONE and self.monotone(op, data):
             feeds_lo = {i: self.get(i)[0] for i in data}
             feeds_hi = {i: self.get(i)[1] for i in data}
             try:
-                lo = eval_op(g, op, feeds_lo)[0].astype(np.float64)
-                hi = eval_op(g, op, feeds_hi)[0].astype(np.float64)
+                y1 = eval_op(g, op, feeds_lo)[0].astype(np.float64)
+                y2 = eval_op(g, op, feeds_hi)[0].astype(np.float64)
             except Exception:  # noqa: BLE001  unbounded is always sound
                 return None
-            return lo, hi
+            # each element is monotone, but decreasing where a scale or slope is negative
+            # (MultiThreshold out_scale, BipolarQuant scale, HardSigmoid alpha): take both ends
+            return np.minimum(y1, y2), np.maximum(y1, y2)
         return None
+
+    def monotone(self, op: Op, data: list[str]) -> bool:
+        """Is each output element monotone (in one direction) in the data inputs read at lo/hi?"""
+        if op.op_type in ("BipolarQuant", "Quant", "MultiThreshold"):
+            return data == [op.inputs[0]]  # scale, zero point, bits, thresholds fed at run time: no
+        if op.op_type in ("LeakyRelu", "Elu"):  # a negative alpha bends the curve back: not monotone
+            return float(op.attrs.get("alpha", 0.01 if op.op_type == "LeakyRelu" else 1.0)) >= 0
+        return True
 
     def threshold(self, op: Op, x):
         lo, hi = x
