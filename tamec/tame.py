@@ -16,7 +16,7 @@ Fields of a certificate:
   lipschitz          "Lipschitz on the box" or why not.
 
 Mechanisms a test can set (a float file cannot express them, so they are flags):
-  * an irrational coefficient: op attribute `irrational=1` on a rounding op (Floor/Ceil/Round/Mod)
+  * an irrational coefficient: op attribute `irrational=1` on a rounding op (Floor/Ceil/Round)
     or on the op producing its input (e.g. the Mul by the constant), meaning "this coefficient
     stands for an irrational number";
   * a nonlinear objective: `block.meta["objective"]` naming the loss ("cross-entropy", "softmax",
@@ -29,32 +29,61 @@ from typing import Any
 
 import numpy as np
 
+from tamec.ops import QONNX_DOMAIN, QONNX_OPS, STANDARD_OPS, TAMEC_DOMAIN, TAMEC_OPS, normalize_domain
+
 SEMIALGEBRAIC = "semialgebraic"
 R_EXP = "R_exp"
 R_AN = "R_an (restricted to a proven box)"
 R_AN_EXP = "R_an,exp"
 LOCAL = "locally o-minimal"
 
-# Piecewise-linear (semilinear) ops, and ops that only move data around.
-PL_OPS = {
-    "Linear", "Conv", "MatMul", "Gemm", "Add", "Sub", "Neg", "Sum", "BatchNormalization", "Relu",
-    "LeakyRelu", "PRelu", "Clip", "HardTanh", "HardSigmoid", "Max", "Min", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceMean", "Abs",
-    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Identity", "Gather",
-    "Shape", "Slice", "Pad", "Split", "Expand", "Tile", "Cast", "Dropout", "Threshold", "Sign",
-    "Step", "Heaviside", "BipolarQuant", "Where", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
-    "Equal", "Not", "And", "Or", "ArgMax", "ArgMin", "TensorNorm",
+# The tame class of every op tamec imports, one table keyed (domain, op_type) as tamec/ops.py
+# names them; `_check_covers_supported` (run at import) keeps it equal to the supported list.
+PL = "piecewise-linear"      # semilinear and continuous, or only moves data / makes constants
+STEP = "step"                # piecewise constant with finitely many pieces: discontinuous
+POLY = "semialgebraic"       # semialgebraic, not piecewise linear (Mul/Div are PL by a constant)
+EXP = "exp"                  # definable in R_exp
+AN = "analytic"              # definable in R_an, restricted to a proven box
+ROUNDING = "rounding"        # floor-like: infinitely many pieces on an unbounded input
+
+
+def _of(domain: str, cls: str, names: str) -> dict[tuple[str, str], str]:
+    return {(domain, t): cls for t in names.split()}
+
+
+TAME_CLASS: dict[tuple[str, str], str] = {
+    **_of("", PL, """Gemm MatMul Conv BatchNormalization Add Sub Neg Sum Mean Relu LeakyRelu Clip
+          HardSigmoid Max Min MaxPool AveragePool GlobalAveragePool ReduceMax ReduceSum ReduceMean Abs
+          Reshape Flatten Transpose Squeeze Unsqueeze Concat Identity Gather Shape Size Slice Pad Expand
+          Cast CastLike Dropout Where Not And Or ArgMax Constant ConstantOfShape Range"""),
+    **_of("", STEP, "Sign Greater Less GreaterOrEqual LessOrEqual Equal"),
+    **_of("", POLY, "Mul Div Pow Sqrt Reciprocal Softsign"),
+    **_of("", EXP, "Exp Log Sigmoid Tanh Softplus Softmax LogSoftmax Elu"),
+    **_of("", AN, "Erf"),
+    **_of("", ROUNDING, "Floor Ceil Round"),
+    **_of(QONNX_DOMAIN, STEP, "BipolarQuant Quant MultiThreshold Trunc"),  # clipped: finitely many levels
+    **_of(TAMEC_DOMAIN, PL, "Linear"),
+    **_of(TAMEC_DOMAIN, STEP, "Threshold"),
 }
-# Semialgebraic but not piecewise linear in general (Mul/Div are PL when one side is a constant).
-POLY_OPS = {"Mul", "Div", "Pow", "Sqrt", "Reciprocal", "ReduceSumSquare", "ReduceL2"}
-EXP_OPS = {"Exp", "Log", "Sigmoid", "Tanh", "Softplus", "Softmax", "LogSoftmax", "Elu", "Selu",
-           "Celu", "Mish", "SoftmaxCrossEntropyLoss", "LogSumExp", "ReduceLogSumExp", "Sinh", "Cosh"}
-AN_OPS = {"Sin", "Cos", "Tan", "Erf", "Gelu", "Atan", "Asin", "Acos"}
-ROUNDING_OPS = {"Floor", "Ceil", "Round", "Mod"}
-STEP_OPS = {"Threshold", "Sign", "Step", "Heaviside", "BipolarQuant", "Greater", "Less",
-            "GreaterOrEqual", "LessOrEqual", "Equal"}
-DISCONTINUOUS = STEP_OPS | ROUNDING_OPS
-LOG_OPS = {"Log"}  # definable in R_exp only on (0, inf): the input bounds must prove it
+
+
+def _check_covers_supported() -> None:
+    """Every op the importer accepts has a tame class, and no other op has one."""
+    supported = ({("", t) for t in STANDARD_OPS} | {(QONNX_DOMAIN, t) for t in QONNX_OPS}
+                 | {(TAMEC_DOMAIN, t) for t in TAMEC_OPS})
+    missing, extra = supported - set(TAME_CLASS), set(TAME_CLASS) - supported
+    if missing or extra:
+        raise RuntimeError(f"tamec/tame.py TAME_CLASS disagrees with tamec/ops.py: no tame class for "
+                           f"{sorted(missing)}; classified but not supported: {sorted(extra)}")
+
+
+_check_covers_supported()
+
+
+def tame_class(op) -> str | None:
+    """The op's tame class (see TAME_CLASS), or None for an op tamec does not know."""
+    return TAME_CLASS.get((normalize_domain(op.domain), op.op_type))
+
 
 OBJECTIVES = {"linear": SEMIALGEBRAIC, "none": SEMIALGEBRAIC, "hinge": SEMIALGEBRAIC,
               "cross-entropy": R_EXP, "softmax": R_EXP, "log-sum-exp": R_EXP, "logistic": R_EXP}
@@ -116,10 +145,10 @@ def _has_const_operand(graph, op) -> bool:
 
 def op_structure(graph, op) -> tuple[str, dict | None]:
     """(structure of the op, problem or None). A problem is {op, node, reason}."""
-    t = op.op_type
+    t, c = op.op_type, tame_class(op)
     where = {"op": op.id, "node": node_name(op), "op_type": op.qualname}
     x = op.inputs[0] if op.inputs else ""
-    if t in PL_OPS or t in POLY_OPS:
+    if c in (PL, STEP, POLY):
         if t not in ("Div", "Reciprocal"):
             return SEMIALGEBRAIC, None
         den = op.inputs[1] if t == "Div" and len(op.inputs) > 1 else x
@@ -128,21 +157,21 @@ def op_structure(graph, op) -> tuple[str, dict | None]:
             return SEMIALGEBRAIC, {**where, "reason": f"division by %{den} whose bounds "
                                    f"[{b[0]:.6g}, {b[1]:.6g}] contain 0: a pole, not definable as a function there"}
         return SEMIALGEBRAIC, None
-    if t in EXP_OPS:
-        if t in LOG_OPS:
+    if c == EXP:
+        if op.qualname == "Log":  # definable in R_exp only on (0, inf): the bounds must prove it
             b = _bounds(graph, x)
             if b is None or not b[0] > 0:
                 lo = "unknown" if b is None else f"{b[0]:.6g}"
                 return R_EXP, {**where, "reason": f"Log of %{x} whose lower bound {lo} is not > 0: "
                                "log is definable in R_exp only on (0, inf)"}
         return R_EXP, None
-    if t in AN_OPS:
+    if c == AN:
         b = _bounds(graph, x)
         if not _finite(b):
             return R_AN, {**where, "reason": f"{t} of %{x} with unbounded input {b}: analytic functions are "
                           "definable (in R_an) only restricted to a proven compact box; tighten its bounds"}
         return R_AN, None
-    if t in ROUNDING_OPS:
+    if c == ROUNDING:
         if _irrational(graph, op):
             return LOCAL, {**where, "reason": f"{t} with an irrational coefficient (flag `irrational`): "
                            "rounding is locally o-minimal only with rational coefficients"}
@@ -186,7 +215,7 @@ def structure(graph, block) -> tuple[str, list[dict]]:
 def compactness(graph, block) -> tuple[dict, list[dict]]:
     """Every integer/binary group with its bounds and their source, the pre-activation groups'
     bound sources, and a problem for each integer group with an infinite bound."""
-    pre = {op.inputs[0] for op in _block_ops(graph, block) if op.op_type in STEP_OPS and op.inputs}
+    pre = {op.inputs[0] for op in _block_ops(graph, block) if tame_class(op) == STEP and op.inputs}
     ints, preacts, problems = [], [], []
     for v in block.vars:
         val = graph.values.get(v.encodes) if v.encodes else None
@@ -220,8 +249,10 @@ def compactness(graph, block) -> tuple[dict, list[dict]]:
 
 def _pieces_per_element(graph, op) -> int | None:
     """Smooth pieces of one output element of a nonsmooth op (None: infinitely many); 0 if smooth."""
-    t = op.op_type
-    if t in STEP_OPS:
+    t, c = op.op_type, tame_class(op)
+    if c == STEP and op.domain == QONNX_DOMAIN and t != "BipolarQuant":
+        return _levels(graph, op)
+    if c == STEP:
         out = graph.values.get(op.outputs[0])
         lo, hi, tie = op.attrs.get("lo", -1.0), op.attrs.get("hi", 1.0), op.attrs.get("tie", 0.0)
         ternary = out is not None and out.domain.kind == "ternary"
@@ -237,12 +268,25 @@ def _pieces_per_element(graph, op) -> int | None:
     if t in ("MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin"):
         k = op.attrs.get("kernel_shape")
         return int(np.prod(k)) if k is not None else 2
-    if t in ROUNDING_OPS:
+    if c == ROUNDING:
         b = _bounds(graph, op.inputs[0])
         if not _finite(b):
             return None
         return int(math.floor(b[1]) - math.floor(b[0])) + 1
     return 0
+
+
+def _levels(graph, op) -> int | None:
+    """Output levels of a multi-level QONNX quantizer: thresholds + 1 (MultiThreshold), 2^bits
+    (Quant: input 3, Trunc: output bit width, input 4); None when not constant."""
+    if op.op_type == "MultiThreshold":
+        v = graph.values.get(op.inputs[1]) if len(op.inputs) > 1 else None
+        return None if v is None or v.const is None else int(np.asarray(v.const).shape[-1]) + 1
+    k = 3 if op.op_type == "Quant" else 4
+    v = graph.values.get(op.inputs[k]) if len(op.inputs) > k and op.inputs[k] else None
+    if v is None or v.const is None:
+        return None
+    return 2 ** int(np.max(np.asarray(v.const)))
 
 
 def nonsmooth_pieces(graph, block) -> dict:
@@ -262,7 +306,7 @@ def nonsmooth_pieces(graph, block) -> dict:
 def discontinuous_ops(graph, block) -> list[dict]:
     """Every definable op that is not Lipschitz, named with op id and ONNX node."""
     return [{"op": op.id, "node": node_name(op), "op_type": op.qualname, "note": JUMP_NOTE}
-            for op in _block_ops(graph, block) if op.op_type in DISCONTINUOUS]
+            for op in _block_ops(graph, block) if tame_class(op) in (STEP, ROUNDING)]
 
 
 def rational_data(graph, block) -> bool:
@@ -285,7 +329,7 @@ def lipschitz(graph, block, struct: str, nice: bool) -> str:
     if struct != SEMIALGEBRAIC:
         return f"not established: structure {struct} is not semialgebraic piecewise-linear"
     for op in _block_ops(graph, block):
-        if op.op_type in POLY_OPS and not (op.op_type in ("Mul", "Div") and _has_const_operand(graph, op)):
+        if tame_class(op) == POLY and not (op.op_type in ("Mul", "Div") and _has_const_operand(graph, op)):
             return f"not established: op {op.id} ({op.qualname}, node {node_name(op)}) is not piecewise linear"
     for v in block.vars:
         if not (np.all(np.isfinite(v.lb)) and np.all(np.isfinite(v.ub))):

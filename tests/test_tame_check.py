@@ -127,17 +127,17 @@ def _graph(*chain, x_bounds=None):
     return g, block
 
 
-def test_sin_needs_a_proven_box():
-    """Sin of an unbounded input is rejected naming the node; on a finite box it is R_an, with Exp
-    it is R_an,exp."""
-    g, b = _graph(("Sin", "my_sin", {}, None, (-1, 1)))
+def test_erf_needs_a_proven_box():
+    """Erf (the analytic op tamec imports) of an unbounded input is rejected naming the node; on a
+    finite box it is R_an, with Exp it is R_an,exp."""
+    g, b = _graph(("Erf", "my_erf", {}, None, (-1, 1)))
     c = certify_block(g, b)
-    assert c["verdict"] == "not nice" and c["node"] == "my_sin" and c["op"] == "op0"
-    assert "Sin" in c["reason"] and "unbounded" in c["reason"] and "box" in c["reason"]
-    g, b = _graph(("Sin", "my_sin", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
+    assert c["verdict"] == "not nice" and c["node"] == "my_erf" and c["op"] == "op0"
+    assert "Erf" in c["reason"] and "unbounded" in c["reason"] and "box" in c["reason"]
+    g, b = _graph(("Erf", "my_erf", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
     c = certify_block(g, b)
     assert c["verdict"] == "nice" and c["structure"] == R_AN
-    g, b = _graph(("Exp", "e", {}, None, (0, 30)), ("Cos", "c", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
+    g, b = _graph(("Exp", "e", {}, None, (0, 30)), ("Erf", "erf", {}, None, (-1, 1)), x_bounds=(-3.0, 3.0))
     assert certify_block(g, b)["structure"] == R_AN_EXP
 
 
@@ -192,3 +192,67 @@ def test_join_structures():
     assert join_structures([R_AN, SEMIALGEBRAIC]) == R_AN
     assert join_structures([R_AN, R_EXP]) == R_AN_EXP
     assert join_structures([R_AN_EXP, LOCAL]) == LOCAL
+
+
+def _supported():
+    from tamec.ops import QONNX_DOMAIN, QONNX_OPS, STANDARD_OPS, TAMEC_DOMAIN, TAMEC_OPS
+
+    return ({("", t) for t in STANDARD_OPS} | {(QONNX_DOMAIN, t) for t in QONNX_OPS}
+            | {(TAMEC_DOMAIN, t) for t in TAMEC_OPS})
+
+
+def test_every_supported_op_has_a_tame_class_and_no_other_op_does():
+    """The tame classification covers exactly tamec/ops.py's ops: each supported op (CastLike,
+    Mean, Quant, MultiThreshold, Trunc ... included) is known to op_structure, and ops tamec cannot
+    import (Sin, Mod, Step, Tile, a QONNX-named standard op, ...) are "not known"."""
+    from tamec.ops import QONNX_DOMAIN, is_supported
+    from tamec.tame import TAME_CLASS, op_structure
+
+    assert set(TAME_CLASS) == _supported()
+
+    def known(domain, op_type):
+        g = Graph("t")
+        g.add_value(Value("x", ("N", 4), "float32", REAL, bounds=(np.full(4, 1.0), np.full(4, 2.0))))
+        g.add_value(Value("y", ("N", 4), "float32", REAL))
+        op = Op("op", op_type, ["x"], ["y"], {}, domain, ("n",))
+        _, problem = op_structure(g, op)
+        return problem is None or "not known" not in problem["reason"]
+
+    for domain, op_type in sorted(_supported()):
+        assert known(domain, op_type), f"{domain}.{op_type}"
+    unsupported = [("", t) for t in "Sin Cos Mod Step Heaviside Tile Split Gelu PRelu Selu HardTanh ReduceMin".split()]
+    unsupported += [(QONNX_DOMAIN, "Relu"), ("tamec", "Sign"), ("", "MultiThreshold")]
+    for domain, op_type in unsupported:
+        assert not is_supported(domain, op_type)
+        assert not known(domain, op_type), f"{domain}.{op_type}"
+
+
+def test_tame_table_drift_is_refused(monkeypatch):
+    """The import-time check names a supported op that lost its class and a classified op that is
+    not supported."""
+    from tamec import tame
+
+    monkeypatch.delitem(tame.TAME_CLASS, ("", "CastLike"))
+    monkeypatch.setitem(tame.TAME_CLASS, ("", "Sin"), tame.AN)
+    with pytest.raises(RuntimeError, match=r"no tame class for \[\('', 'CastLike'\)\].*not supported: \[\('', 'Sin'\)\]"):
+        tame._check_covers_supported()
+
+
+def test_multilevel_quantizers_are_discontinuous_with_their_levels():
+    """MultiThreshold (2 thresholds: 3 levels) and a 2-bit Quant (4 levels) are nice, listed as
+    discontinuous, and counted with their levels per element."""
+    from tamec.ops import QONNX_DOMAIN
+
+    g, b = _graph(("Relu", "r", {}, None, (0, 1)), x_bounds=(-1.0, 1.0))
+    g.add_const("t", np.zeros((4, 2), np.float32))
+    for k, v in {"s": 0.5, "z": 0.0, "bw": 2.0}.items():
+        g.add_const(k, np.array(v, np.float32))
+    for name, op_type, ins in (("mt", "MultiThreshold", ["v0", "t"]), ("q", "Quant", ["v0", "s", "z", "bw"])):
+        g.add_value(Value(f"y{name}", ("N", 4), "float32", REAL))
+        g.add_op(Op(name, op_type, ins, [f"y{name}"], {}, QONNX_DOMAIN, (name,)))
+    b = Block("b", ops=("op0", "mt", "q"), vars=b.vars)
+    c = certify_block(g, b)
+    assert c["verdict"] == "nice", c["reason"]
+    assert [d["node"] for d in c["discontinuous_ops"]] == ["mt", "q"]
+    per = c["nonsmooth_pieces"]["per_op_type"]
+    assert per[f"{QONNX_DOMAIN}.MultiThreshold"] == 12 and per[f"{QONNX_DOMAIN}.Quant"] == 16
