@@ -588,3 +588,29 @@ def test_torch_sign_mlp_of_any_width_equals_onnxruntime(width, zero_weight, tmp_
     torch.onnx.export(net, (torch.zeros(2, 784),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
     _check_session_equals_ort(onnx.load(str(path)))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("channels", [1, 64, 65, 130, 1025])
+def test_real_conv_threshold_of_any_width_equals_onnxruntime(channels, packed):
+    """A real one-channel Conv -> BN (random statistics, gammas of both signs) -> Sign with any
+    channel count, its output a graph output (dense) or read by a +-1 Conv (packed), runs in
+    its fused kernel and equals onnxruntime bit for bit."""
+    from tests.helpers import ort_run
+
+    rng = np.random.default_rng(5)
+    c = channels
+    inits = {"w": rng.normal(0, 0.5, (c, 1, 3, 3)).astype(np.float32), "g": rng.uniform(-1.5, 1.5, c).astype(np.float32),
+             "be": rng.normal(0, 0.3, c).astype(np.float32), "mu": rng.normal(0, 0.3, c).astype(np.float32),
+             "v": rng.uniform(0.1, 2, c).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+             helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "v"], ["z"]),
+             helper.make_node("Sign", ["z"], ["s" if packed else "y"])]
+    if packed:
+        inits["w2"] = rng.choice([-1.0, 1.0], (3, c, 1, 1)).astype(np.float32)
+        nodes.append(helper.make_node("Conv", ["s", "w2"], ["y"], kernel_shape=[1, 1]))
+    m = make_model(nodes, [("x", ["N", 1, 5, 6])], [("y", ["N", 3 if packed else c, 5, 6])], inits)
+    sess = tamec.Session(m)
+    assert any(k.startswith("conv1") for k in sess.plan.kernels().values()), str(sess.plan)
+    x = rng.normal(0, 1, (9, 1, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(m, {"x": x})[0])
