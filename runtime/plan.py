@@ -34,8 +34,8 @@ import numpy as np
 
 from tamec.errors import InputError, ModelStructureError, TamecError
 from tamec.evaluator import Evaluator
-from tamec.ir.window import window
 from tamec.ir.graph import Graph, Op, Value
+from tamec.ir.window import window
 from tamec.runtime import kernels as K
 from tamec.runtime.bits import WORD, aligned, pack, pack_weights, unpack, words
 

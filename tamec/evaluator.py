@@ -401,8 +401,8 @@ def _k_linear(ev: Evaluator, op: Op) -> Kernel:
 # ------------------------------------------------------------------------------------------------
 # Convolution and pooling: one windowing scheme, a strided slice per kernel offset
 # ------------------------------------------------------------------------------------------------
-# the windowing lives in tamec/ir/window.py (shared with bounds, lowering and runtime); the
-# private names stay for the modules that still import them from here
+# the windowing lives in tamec/ir/window.py, shared with bounds, lowering, runtime and verifier;
+# the kernels below keep their short private names for it
 _Window, _window, _pad_spatial, _offsets = Window, window, pad_spatial, offsets
 
 
