@@ -58,20 +58,24 @@ class Intervals:
             return None
         return d.bounds(self, op, [b for b in ins if b is not None])
 
-    def monotone(self, op: Op, every_input: bool = False):
+    def monotone(self, op: Op, every_input: bool = False, kinks=()):
         """The op on the lower ends and on the upper ends, ordered per element: sound for an op
         monotone in its data input (either direction), or increasing in every input
-        (`every_input`). Any other non-constant input: unbounded."""
+        (`every_input`). `kinks`: the points where an elementwise op of one data input may turn
+        (monotone between them); it is also evaluated there, clamped into the interval. Any other
+        non-constant input: unbounded."""
         g = self.g
         data = [i for i in op.inputs if i and g.const(i) is None]
         if not every_input and any(i != op.inputs[0] for i in data):
             return None
-        try:
-            a = eval_op(g, op, {i: self.get(i)[0] for i in data})[0].astype(np.float64)
-            b = eval_op(g, op, {i: self.get(i)[1] for i in data})[0].astype(np.float64)
+        lo = {i: self.get(i)[0] for i in data}
+        hi = {i: self.get(i)[1] for i in data}
+        points = [lo, hi] + [{i: np.clip(np.float64(k), lo[i], hi[i]) for i in data} for k in kinks]
+        try:  # float64 feeds: a float32 graph's op is evaluated on them as the evaluator allows
+            ys = [eval_op(g, op, p)[0].astype(np.float64) for p in points]
         except Exception:  # noqa: BLE001  unbounded is always sound
             return None
-        return np.minimum(a, b), np.maximum(a, b)
+        return np.minimum.reduce(ys), np.maximum.reduce(ys)
 
 
 def threshold_report(op: Op, x_bounds, x_domain) -> dict:

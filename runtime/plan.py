@@ -275,6 +275,8 @@ class _Thr:
         """Bit words [Pa, Pb, Pt, Ma, Mb, Mt, valid] (7, cw) of the packed output."""
         c = self.tau.size
         pad = cw * WORD - c
+        if pad < 0:  # a caller sized the words for another width: a bug, not a user error
+            raise AssertionError(f"{cw} bit words cannot hold {c} channels")
         rows = [self.va > 0, self.vb > 0, self.vt > 0, self.va != 0, self.vb != 0, self.vt != 0,
                 np.ones(c, bool)]
         bits = np.pad(np.stack(rows), [(0, 0), (0, pad)])
@@ -717,7 +719,8 @@ class _Builder:
         rep = Packed(c, S, sp if len(sp) == 2 else (), dims, t.can_zero(False)) if bits else None
         cw = rep.CW if bits else 1
         dn, up = t.float_bounds(max(c, cw * WORD)) if t is not None else (_NO_F, _NO_F)
-        pw = t.words(cw) if t is not None else _DUMMY_U2
+        # bit words only for packed output (OUT_BITS reads them); a float output has no words
+        pw = t.words(cw) if bits else _DUMMY_U2
         vals = t.vals() if t is not None else np.zeros((3, c), np.float32)
         mode = K.OUT_BITS if bits else (K.OUT_FLOAT if thr is not None else K.OUT_CHAIN)
         names = [o.id for o in chain] + ([thr.id] if thr is not None else [])

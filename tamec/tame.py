@@ -16,7 +16,7 @@ Fields of a certificate:
   lipschitz          "Lipschitz on the box" or why not.
 
 Mechanisms a test can set (a float file cannot express them, so they are flags):
-  * an irrational coefficient: op attribute `irrational=1` on a rounding op (Floor/Ceil/Round/Mod)
+  * an irrational coefficient: op attribute `irrational=1` on a rounding op (Floor/Ceil/Round)
     or on the op producing its input (e.g. the Mul by the constant), meaning "this coefficient
     stands for an irrational number";
   * a nonlinear objective: `block.meta["objective"]` naming the loss ("cross-entropy", "softmax",
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tamec.ops import lookup
+from tamec.ops import QONNX_DOMAIN, lookup
 from tamec.ops import registry as R
 
 SEMIALGEBRAIC = "semialgebraic"
@@ -214,6 +214,8 @@ def compactness(graph, block) -> tuple[dict, list[dict]]:
 def _pieces_per_element(graph, op) -> int | None:
     """Smooth pieces of one output element of a nonsmooth op (None: infinitely many); 0 if smooth."""
     t, cls = op.op_type, tame_class(op)
+    if cls == R.STEP and op.domain == QONNX_DOMAIN and t != "BipolarQuant":
+        return _levels(graph, op)
     if cls == R.STEP:
         out = graph.values.get(op.outputs[0])
         lo, hi, tie = op.attrs.get("lo", -1.0), op.attrs.get("hi", 1.0), op.attrs.get("tie", 0.0)
@@ -236,6 +238,32 @@ def _pieces_per_element(graph, op) -> int | None:
             return None
         return int(math.floor(b[1]) - math.floor(b[0])) + 1
     return 0
+
+
+def _levels(graph, op) -> int | None:
+    """Output levels of a multi-level QONNX quantizer: thresholds + 1 (MultiThreshold), 2^bits
+    (Quant: input 3, Trunc: output bit width, input 4); None when not constant."""
+    if op.op_type == "MultiThreshold":
+        v = graph.values.get(op.inputs[1]) if len(op.inputs) > 1 else None
+        return None if v is None or v.const is None else int(np.asarray(v.const).shape[-1]) + 1
+    k = 3 if op.op_type == "Quant" else 4
+    v = graph.values.get(op.inputs[k]) if len(op.inputs) > k and op.inputs[k] else None
+    if v is None or v.const is None:
+        return None
+    return 2 ** int(np.max(np.asarray(v.const)))
+
+
+def _levels(graph, op) -> int | None:
+    """Output levels of a multi-level QONNX quantizer: thresholds + 1 (MultiThreshold), 2^bits
+    (Quant: input 3, Trunc: output bit width, input 4); None when not constant."""
+    if op.op_type == "MultiThreshold":
+        v = graph.values.get(op.inputs[1]) if len(op.inputs) > 1 else None
+        return None if v is None or v.const is None else int(np.asarray(v.const).shape[-1]) + 1
+    k = 3 if op.op_type == "Quant" else 4
+    v = graph.values.get(op.inputs[k]) if len(op.inputs) > k and op.inputs[k] else None
+    if v is None or v.const is None:
+        return None
+    return 2 ** int(np.max(np.asarray(v.const)))
 
 
 def nonsmooth_pieces(graph, block) -> dict:

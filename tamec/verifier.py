@@ -22,6 +22,7 @@ from tamec.errors import ModelStructureError, VerificationError
 from tamec.ir.graph import Domain, Graph, Op, Value
 from tamec.ir.text import DTYPES
 from tamec.ops import QONNX_DOMAIN, REGISTRY, TAMEC_DOMAIN, attach, hook
+from tamec.ops.conv import window
 
 Shape = tuple | None
 BIG_CONST = 1_000_000  # above this many elements a constant's domain is checked on a sample
@@ -166,17 +167,17 @@ def _conv(op, s, g):
     strides = op.attrs.get("strides", [1] * nsp)
     dil = op.attrs.get("dilations", [1] * nsp)
     pads = op.attrs.get("pads", [0] * 2 * nsp)
-    auto = op.attrs.get("auto_pad", "NOTSET")
     out = []
-    for i in range(nsp):
+    for i in range(nsp):  # per axis, so that a symbolic axis leaves the others known
         d = x[2 + i]
         if not isinstance(d, int) or not isinstance(k[i], int):
             out.append(None)
-        elif auto in ("SAME_UPPER", "SAME_LOWER"):
-            out.append(-(-d // strides[i]))
-        else:
-            p = 0 if auto == "VALID" else pads[i] + pads[i + nsp]
-            out.append((d + p - dil[i] * (k[i] - 1) - 1) // strides[i] + 1)
+            continue
+        axis = dict(op.attrs, pads=[pads[i], pads[i + nsp]], strides=[strides[i]], dilations=[dil[i]])
+        try:
+            out.append(window(axis, (d,), [k[i]]).out[0])
+        except ValueError as e:
+            raise _Bad(f"Conv {e}") from None
     return [(x[0], w[0], *out)]
 
 

@@ -483,3 +483,134 @@ def test_plan_summary_is_printable():
     steps = [ln for ln in lines[1:] if ln.split()[0].isdigit()]
     assert len(steps) == len(sess.plan.steps)
     assert "pointwise+threshold->bits" in text  # the fused input layer is listed inside the chain
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 10 (1): Sign MLPs of every width, packed and dense thresholds
+# ------------------------------------------------------------------------------------------------
+_WIDTHS = [1, 63, 64, 65, 127, 128, 200, 784, 1024, 1025, 1100]
+
+
+def _sign_mlp_weights(width, zero_weight, seed=0):
+    """Weights and BatchNorm statistics (random running mean/var, gammas of both signs) of a Sign
+    MLP 784-width-width-width-10; zero_weight puts one exact 0 in each weight, so Sign(W) is
+    ternary, the layers run dense and every threshold reads a float pre-activation."""
+    rng = np.random.default_rng(seed)
+    dims = [784, width, width, width, 10]
+    ws, bns = [], []
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:])):
+        w = rng.normal(0, 1, (n, k)).astype(np.float32)
+        if zero_weight:
+            w[0, 0] = 0.0
+        ws.append(w)
+        if i < 3:
+            bns.append([rng.uniform(-1.5, 1.5, n), rng.normal(0, 2, n), rng.normal(0, 3, n), rng.uniform(0.1, 4, n)])
+    return ws, [[np.asarray(a, np.float32) for a in bn] for bn in bns]
+
+
+def _sign_mlp_onnx(width, zero_weight):
+    """The issue's model with onnx.helper: Sign(x - 0.5), Gemm(Sign(W), transB), BatchNorm, Sign;
+    opset 17, dynamic batch."""
+    ws, bns = _sign_mlp_weights(width, zero_weight)
+    nodes = [helper.make_node("Sub", ["x", "half"], ["x0"]), helper.make_node("Sign", ["x0"], ["a0"])]
+    inits = {"half": np.array(0.5, np.float32)}
+    for i, w in enumerate(ws):
+        inits[f"w{i}"] = w
+        nodes += [helper.make_node("Sign", [f"w{i}"], [f"sw{i}"]),
+                  helper.make_node("Gemm", [f"a{i}", f"sw{i}"], ["y" if i == 3 else f"mm{i}"], transB=1)]
+        if i < 3:
+            names = [f"{p}{i}" for p in "gbmv"]
+            inits.update(zip(names, bns[i]))
+            nodes += [helper.make_node("BatchNormalization", [f"mm{i}"] + names, [f"bn{i}"]),
+                      helper.make_node("Sign", [f"bn{i}"], [f"a{i + 1}"])]
+    return make_model(nodes, [("x", ["N", 784])], [("y", ["N", 10])], inits, opset=17)
+
+
+def _check_session_equals_ort(m: onnx.ModelProto):
+    from tests.helpers import ort_run
+
+    sess = tamec.Session(m)
+    rng = np.random.default_rng(3)
+    for n in (1, 67):
+        x = rng.uniform(0, 1, (n, 784)).astype(np.float32)
+        x[:, :5] = 0.5  # Sign(0.5 - 0.5) = 0: the input's tie
+        got = sess.plan.run({"x": x}, keep_all=True)
+        ref = Evaluator(sess.graph).run({"x": x}, keep_all=True)
+        binary = [v for v in got if sess.graph.values[v].domain.kind in BINARY and sess.graph.values[v].const is None]
+        assert len(binary) >= 4, str(sess.plan)
+        for v in binary:
+            assert np.array_equal(got[v], ref[v]), v
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(m, {"x": x})[0])
+
+
+@pytest.mark.parametrize("zero_weight", [False, True], ids=["packed", "dense"])
+@pytest.mark.parametrize("width", _WIDTHS)
+def test_sign_mlp_of_any_width_equals_onnxruntime(width, zero_weight):
+    """A Sign MLP 784-w-w-w-10 (BatchNorm with random statistics, opset 17, dynamic batch) runs in
+    Session for every width, packed or with dense thresholds over > 64 channels, and equals
+    onnxruntime bit for bit (and the evaluator on every binary tensor)."""
+    m = _sign_mlp_onnx(width, zero_weight)
+    if zero_weight:  # the path that crashed: a threshold over 784 (and width) channels, float out
+        assert "pointwise+threshold->float32" in str(tamec.Session(m).plan)
+    _check_session_equals_ort(m)
+
+
+@pytest.mark.parametrize("zero_weight", [False, True], ids=["packed", "dense"])
+@pytest.mark.parametrize("width", [65, 1024, 1100])
+def test_torch_sign_mlp_of_any_width_equals_onnxruntime(width, zero_weight, tmp_path):
+    """The same Sign MLP written by torch.onnx (TorchScript exporter, opset 17, dynamic batch)
+    runs in Session and equals onnxruntime bit for bit."""
+    torch = pytest.importorskip("torch")
+    ws, bns = _sign_mlp_weights(width, zero_weight)
+
+    class SignMLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.ModuleList(torch.nn.Linear(w.shape[1], w.shape[0], bias=False) for w in ws)
+            self.bn = torch.nn.ModuleList(torch.nn.BatchNorm1d(len(bn[0])) for bn in bns)
+            with torch.no_grad():
+                for fc, w in zip(self.fc, ws):
+                    fc.weight.copy_(torch.from_numpy(w))
+                for m, (g, b, mu, v) in zip(self.bn, bns):
+                    m.weight.copy_(torch.from_numpy(g)), m.bias.copy_(torch.from_numpy(b))
+                    m.running_mean.copy_(torch.from_numpy(mu)), m.running_var.copy_(torch.from_numpy(v))
+
+        def forward(self, x):
+            x = torch.sign(x - 0.5)
+            for i, fc in enumerate(self.fc):
+                x = torch.nn.functional.linear(x, torch.sign(fc.weight))
+                if i < len(self.bn):
+                    x = torch.sign(self.bn[i](x))
+            return x
+
+    net = SignMLP().eval()
+    path = tmp_path / "sign_mlp.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 784),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    _check_session_equals_ort(onnx.load(str(path)))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("channels", [1, 64, 65, 130, 1025])
+def test_real_conv_threshold_of_any_width_equals_onnxruntime(channels, packed):
+    """A real one-channel Conv -> BN (random statistics, gammas of both signs) -> Sign with any
+    channel count, its output a graph output (dense) or read by a +-1 Conv (packed), runs in
+    its fused kernel and equals onnxruntime bit for bit."""
+    from tests.helpers import ort_run
+
+    rng = np.random.default_rng(5)
+    c = channels
+    inits = {"w": rng.normal(0, 0.5, (c, 1, 3, 3)).astype(np.float32), "g": rng.uniform(-1.5, 1.5, c).astype(np.float32),
+             "be": rng.normal(0, 0.3, c).astype(np.float32), "mu": rng.normal(0, 0.3, c).astype(np.float32),
+             "v": rng.uniform(0.1, 2, c).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+             helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "v"], ["z"]),
+             helper.make_node("Sign", ["z"], ["s" if packed else "y"])]
+    if packed:
+        inits["w2"] = rng.choice([-1.0, 1.0], (3, c, 1, 1)).astype(np.float32)
+        nodes.append(helper.make_node("Conv", ["s", "w2"], ["y"], kernel_shape=[1, 1]))
+    m = make_model(nodes, [("x", ["N", 1, 5, 6])], [("y", ["N", 3 if packed else c, 5, 6])], inits)
+    sess = tamec.Session(m)
+    assert any(k.startswith("conv1") for k in sess.plan.kernels().values()), str(sess.plan)
+    x = rng.normal(0, 1, (9, 1, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(m, {"x": x})[0])

@@ -192,3 +192,68 @@ def test_join_structures():
     assert join_structures([R_AN, SEMIALGEBRAIC]) == R_AN
     assert join_structures([R_AN, R_EXP]) == R_AN_EXP
     assert join_structures([R_AN_EXP, LOCAL]) == LOCAL
+
+
+def _supported():
+    from tamec.ops import QONNX_DOMAIN, QONNX_OPS, STANDARD_OPS, TAMEC_DOMAIN, TAMEC_OPS
+
+    return ({("", t) for t in STANDARD_OPS} | {(QONNX_DOMAIN, t) for t in QONNX_OPS}
+            | {(TAMEC_DOMAIN, t) for t in TAMEC_OPS})
+
+
+def test_every_supported_op_has_a_tame_class_and_no_other_op_does():
+    """The tame classification covers exactly the registry's ops: each supported op (CastLike,
+    Mean, Quant, MultiThreshold, Trunc ... included) is known to op_structure, and ops tamec cannot
+    import (Sin, Mod, Step, Tile, a QONNX-named standard op, ...) are "not known"."""
+    from tamec.ops import QONNX_DOMAIN, REGISTRY, is_supported
+    from tamec.tame import op_structure
+
+    assert {(d.domain, d.op_type) for d in REGISTRY.values() if d.tame} == _supported()
+
+    def known(domain, op_type):
+        g = Graph("t")
+        g.add_value(Value("x", ("N", 4), "float32", REAL, bounds=(np.full(4, 1.0), np.full(4, 2.0))))
+        g.add_value(Value("y", ("N", 4), "float32", REAL))
+        op = Op("op", op_type, ["x"], ["y"], {}, domain, ("n",))
+        _, problem = op_structure(g, op)
+        return problem is None or "not known" not in problem["reason"]
+
+    for domain, op_type in sorted(_supported()):
+        assert known(domain, op_type), f"{domain}.{op_type}"
+    unsupported = [("", t) for t in "Sin Cos Mod Step Heaviside Tile Split Gelu PRelu Selu HardTanh ReduceMin".split()]
+    unsupported += [(QONNX_DOMAIN, "Relu"), ("tamec", "Sign"), ("", "MultiThreshold")]
+    for domain, op_type in unsupported:
+        assert not is_supported(domain, op_type)
+        assert not known(domain, op_type), f"{domain}.{op_type}"
+
+
+def test_registry_refuses_an_op_without_a_known_tame_class_or_defined_twice():
+    """An op enters the registry only with a tame class tame.py knows, and only once, so the
+    classification cannot drift from what the importer accepts."""
+    from tamec.ops import registry
+
+    with pytest.raises(ValueError, match="unknown tame class"):
+        registry.define("", "Sin", "smooth", "trigonometric")
+    with pytest.raises(ValueError, match="defined twice"):
+        registry.define("", "Relu", "piecewise", registry.PL)
+    assert "Sin" not in registry.REGISTRY
+
+
+def test_multilevel_quantizers_are_discontinuous_with_their_levels():
+    """MultiThreshold (2 thresholds: 3 levels) and a 2-bit Quant (4 levels) are nice, listed as
+    discontinuous, and counted with their levels per element."""
+    from tamec.ops import QONNX_DOMAIN
+
+    g, b = _graph(("Relu", "r", {}, None, (0, 1)), x_bounds=(-1.0, 1.0))
+    g.add_const("t", np.zeros((4, 2), np.float32))
+    for k, v in {"s": 0.5, "z": 0.0, "bw": 2.0}.items():
+        g.add_const(k, np.array(v, np.float32))
+    for name, op_type, ins in (("mt", "MultiThreshold", ["v0", "t"]), ("q", "Quant", ["v0", "s", "z", "bw"])):
+        g.add_value(Value(f"y{name}", ("N", 4), "float32", REAL))
+        g.add_op(Op(name, op_type, ins, [f"y{name}"], {}, QONNX_DOMAIN, (name,)))
+    b = Block("b", ops=("op0", "mt", "q"), vars=b.vars)
+    c = certify_block(g, b)
+    assert c["verdict"] == "nice", c["reason"]
+    assert [d["node"] for d in c["discontinuous_ops"]] == ["mt", "q"]
+    per = c["nonsmooth_pieces"]["per_op_type"]
+    assert per[f"{QONNX_DOMAIN}.MultiThreshold"] == 12 and per[f"{QONNX_DOMAIN}.Quant"] == 16
