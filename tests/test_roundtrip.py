@@ -31,10 +31,6 @@ from tests.helpers import ort_run
 
 PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip"
 DUMPS = ["00-import", *(f"{k:02d}-{p}" for k, p in enumerate(PIPELINE.split(","), 1))]
-# The numba plan gives a pointwise Threshold over more than 64 channels whose output is not packed
-# one word of masks (issue 10, failure 1, runtime/plan.py): a gradient graph of these models keeps
-# such a Threshold (its forward binarizes before BatchNorm). Strict: the fix must remove the entry.
-FAILURE_1 = {"digits_bnn", "mnist_bnn", "tfc_w1a1_qonnx", "tfc_w1a1_qonnx_dynamo", "TFC_1W1A"}
 
 
 def probes(path) -> list[dict[str, np.ndarray]]:
@@ -150,8 +146,6 @@ def test_trained_model_exports_round_trip(path, tmp_path):
 def test_gradient_graph_round_trips(path, engine, tmp_path, request):
     """A gradient graph of `tamec export-grad` (OneHot, ScatterElements, ConvTranspose included)
     imports into tamec and gives the runtime's loss and gradients, as onnxruntime does on it."""
-    if engine == "numba" and Path(path).stem in FAILURE_1:
-        request.applymarker(pytest.mark.xfail(raises=ValueError, strict=True, reason="issue 10, failure 1"))
     prog = GradProgram.from_model(str(path))
     m = gradient_model(prog, prog.rule)
     f = save(m, tmp_path / "grad.onnx")
