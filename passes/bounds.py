@@ -5,7 +5,11 @@ Rules (lo, hi per element, batch dim 1, float64):
   BatchNorm        per-channel affine a (x - mean) + B, ends swapped where a < 0.
   + - * /          interval arithmetic; division by an interval holding 0 is unbounded.
   Threshold        the set of levels each element can reach (lo, hi, tie) given x's bounds.
-  monotone ops     Relu, Clip, pools, reshapes, quantizers, Sign, ...: the op on lo and on hi.
+  piecewise linear Relu, LeakyRelu, Abs, HardSigmoid: the op at lo, at hi and at every kink inside
+                   [lo, hi] (min and max over those points: exact for a piecewise-linear function,
+                   whatever the sign of alpha; a negative alpha makes LeakyRelu and HardSigmoid
+                   non-increasing, where "the op on lo and on hi" is wrong).
+  monotone ops     Clip, Max, Min, pools, reshapes, quantizers, Sign, ...: the op on lo and on hi.
   anything else    unbounded, then clipped to the value's domain: sound, never guessed.
 Real-valued results are widened by 1e-5 relative so that float32 evaluation stays inside.
 
@@ -24,11 +28,23 @@ from tamec.ir.graph import Graph, Op
 from tamec.ir.rewrite import eval_op
 from tamec.passmanager import Pass, input_box, register
 
-MONOTONE = frozenset("""Relu Clip HardSigmoid Sigmoid Tanh MaxPool AveragePool GlobalAveragePool Reshape
-Flatten Transpose Squeeze Unsqueeze Identity Gather Slice Floor Ceil Round Exp Softsign Softplus LeakyRelu
-Elu Erf Expand Cast Concat Max Min Sum Mean ReduceMean ReduceSum ReduceMax Sign Dropout Pad BipolarQuant
+MONOTONE = frozenset("""Clip Sigmoid Tanh MaxPool AveragePool GlobalAveragePool Reshape
+Flatten Transpose Squeeze Unsqueeze Identity Gather Slice Floor Ceil Round Exp Softsign Softplus Elu Erf Expand Cast Concat Max Min Sum Mean ReduceMean ReduceSum ReduceMax Sign Dropout Pad BipolarQuant
 Quant MultiThreshold Trunc""".split())
 WIDEN = 1e-5
+
+
+def kinks(op: Op) -> list[float]:
+    """The points where an elementwise piecewise-linear unary op changes slope (ONNX defaults)."""
+    if op.op_type in ("Relu", "LeakyRelu", "Abs"):
+        return [0.0]
+    if op.op_type == "HardSigmoid":  # max(0, min(1, alpha x + beta)): kinks where alpha x + beta is 0 or 1
+        a, b = float(op.attrs.get("alpha", 0.2)), float(op.attrs.get("beta", 0.5))
+        return [] if a == 0 else [-b / a, (1 - b) / a]
+    raise KeyError(op.op_type)
+
+
+PIECEWISE_UNARY = frozenset({"Relu", "LeakyRelu", "Abs", "HardSigmoid"})
 
 
 def _widen(lo, hi):
@@ -112,9 +128,15 @@ class Intervals:
         if q == "Neg":
             lo, hi = ins[0]
             return -hi, -lo
-        if q == "Abs":
-            lo, hi = ins[0]
-            return np.where(lo >= 0, lo, np.where(hi <= 0, -hi, 0)), np.maximum(np.abs(lo), np.abs(hi))
+        if q in PIECEWISE_UNARY and len(data) == 1:
+            (lo, hi), name = ins[0], data[0]
+            # a piecewise-linear f takes its extremes over [lo, hi] at the ends or at a kink inside
+            pts = [lo, hi] + [np.clip(k, lo, hi) for k in kinks(op)]
+            try:
+                ys = np.stack([eval_op(g, op, {name: p})[0].astype(np.float64) for p in pts])
+            except Exception:  # noqa: BLE001  unbounded is always sound
+                return None
+            return ys.min(0), ys.max(0)
         if q == "tamec.Threshold":
             return self.threshold(op, ins[0])
         if q in ("Softmax",):
