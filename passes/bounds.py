@@ -45,6 +45,7 @@ def kinks(op: Op) -> list[float]:
 
 
 PIECEWISE_UNARY = frozenset({"Relu", "LeakyRelu", "Abs", "HardSigmoid"})
+SAME_TYPE = frozenset({"Max", "Min", "Clip", "Sum", "Mean", "Concat"})  # every operand of one float type
 
 
 def _widen(lo, hi):
@@ -144,8 +145,12 @@ class Intervals:
             return np.zeros(shape), np.ones(shape)
         if op.op_type in MONOTONE and (op.op_type not in ("BipolarQuant", "Quant") or
                                        np.all(g.const(op.inputs[1]) > 0)):
-            feeds_lo = {i: self.get(i)[0] for i in data}
-            feeds_hi = {i: self.get(i)[1] for i in data}
+            # the bounds are float64: same-type ops (Max(x, c), Clip(x, lo, hi), ...) get their
+            # float constants in float64 too, or the evaluator refuses the mixed types
+            same = {i: c.astype(np.float64) for i in op.inputs if op.op_type in SAME_TYPE and i
+                    and (c := g.const(i)) is not None and c.dtype.kind == "f"}
+            feeds_lo = {**same, **{i: self.get(i)[0] for i in data}}
+            feeds_hi = {**same, **{i: self.get(i)[1] for i in data}}
             try:
                 lo = eval_op(g, op, feeds_lo)[0].astype(np.float64)
                 hi = eval_op(g, op, feeds_hi)[0].astype(np.float64)

@@ -186,6 +186,31 @@ def test_clip_with_variable_limit_refused():
     assert "clip_var" in str(e.value)
 
 
+def test_piecewise_op_inside_a_binarized_block():
+    """Sign(|W x| - 1.5): the Abs sits between the Linear and the threshold; the threshold reads
+    the Abs output's group, and for every input fixed the MIP decodes to onnxruntime's tensors."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"], name="mm"),
+             helper.make_node("Abs", ["s"], ["t"], name="abs"),
+             helper.make_node("Add", ["t", "c"], ["u"], name="add"),
+             helper.make_node("Sign", ["u"], ["a"], name="sign"),
+             helper.make_node("MatMul", ["a", "w2"], ["y"], name="mm2")]
+    m = model(nodes, [("x", ["N", K])], [("y", ["N", 2])],
+              {"w": rng.choice([-1.0, 1.0], (K, 3)).astype(np.float32), "c": np.float32(-1.5),
+               "w2": rng.choice([-1.0, 1.0], (3, 2)).astype(np.float32)})
+    g, mip, p, X = lowered(m)
+    assert mip.blocks[0].meta["kinks"] == 3 and mip.blocks[0].meta["threshold"]
+    ref = Evaluator(g).run({"x": X}, keep_all=True)
+    (y_ort,) = ort_run(m, {"x": X})
+    assert set(np.unique(ref["a"])) == {-1.0, 1.0}  # both sides of the threshold are reached
+    for j in range(len(X)):
+        q = fix_inputs(mip, p, {"x": X[j:j + 1]})
+        got = decode(mip, q, solve(q).x)
+        np.testing.assert_allclose(got["t"], ref["t"][j], atol=1e-6)
+        np.testing.assert_array_equal(got["a"], ref["a"][j])
+        np.testing.assert_array_equal(got["y"], y_ort[j])
+
+
 def test_full_pipeline_reports_kink_binaries():
     """partition .. tame-check .. dualize on a Clip head: the head is nice (semialgebraic), its
     big-M rows are counted, and dualize does not call it exact (its kink rows have no dual)."""
@@ -205,17 +230,20 @@ def test_full_pipeline_reports_kink_binaries():
 # ------------------------------------------------------------------------------------------------
 # bounds pass
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("op_type,attrs", [
-    ("Relu", {}), ("LeakyRelu", {"alpha": 0.1}), ("LeakyRelu", {"alpha": -0.5}), ("LeakyRelu", {"alpha": 3.0}),
-    ("Abs", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSigmoid", {"alpha": -0.3, "beta": 0.4}),
-    ("Clip", {}),
+CLIP = (["lo", "hi"], {"lo": np.float32(-1.5), "hi": np.float32(0.25)})
+
+
+@pytest.mark.parametrize("op_type,attrs,extra", [
+    ("Relu", {}, None), ("LeakyRelu", {"alpha": 0.1}, None), ("LeakyRelu", {"alpha": -0.5}, None),
+    ("LeakyRelu", {"alpha": 3.0}, None), ("Abs", {}, None), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, None),
+    ("HardSigmoid", {"alpha": -0.3, "beta": 0.4}, None), ("Clip", {}, CLIP),
+    ("Clip", {}, (["lo", "hi"], {"lo": np.float32(0.5), "hi": np.float32(-0.5)})),  # min > max: constant max
+    ("Max", {}, (["c"], {"c": np.float32(-0.5)})), ("Min", {}, (["c"], {"c": np.float32(-0.5)})),
 ], ids=lambda v: str(v))
-def test_bounds_contain_and_match_the_range(op_type, attrs):
+def test_bounds_contain_and_match_the_range(op_type, attrs, extra):
     """On the box [-2, 1]: the bounds contain the op's value at a dense grid (kinks included) and
     are within the 1e-5 widening of its exact range (a negative alpha reverses the slope)."""
-    extra, inits = ([], {})
-    if op_type == "Clip":
-        extra, inits = ["lo", "hi"], {"lo": np.float32(-1.5), "hi": np.float32(0.25)}
+    extra, inits = extra or ([], {})
     m = model([helper.make_node(op_type, ["x", *extra], ["y"], name="n", **attrs)], [("x", ["N", 1])],
               [("y", ["N", 1])], inits)
     lo, hi = tamec.compile(m, input_bounds=(-2.0, 1.0)).graph.values["y"].bounds
