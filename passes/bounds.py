@@ -29,7 +29,8 @@ from tamec.ir.rewrite import eval_op
 from tamec.passmanager import Pass, input_box, register
 
 MONOTONE = frozenset("""Clip Sigmoid Tanh MaxPool AveragePool GlobalAveragePool Reshape
-Flatten Transpose Squeeze Unsqueeze Identity Gather Slice Floor Ceil Round Exp Softsign Softplus Elu Erf Expand Cast Concat Max Min Sum Mean ReduceMean ReduceSum ReduceMax Sign Dropout Pad BipolarQuant
+Flatten Transpose Squeeze Unsqueeze Identity Gather Slice Floor Ceil Round Exp Softsign Softplus
+Elu Erf Expand Cast Concat Max Min Sum Mean ReduceMean ReduceSum ReduceMax Sign Dropout Pad BipolarQuant
 Quant MultiThreshold Trunc""".split())
 WIDEN = 1e-5
 

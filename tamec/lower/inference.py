@@ -488,12 +488,8 @@ class _BlockLowering:
             return self.mats[name]
         e = self.env[name]
         mat = self.new_mat(name, role)
-        own = mat.aff()
-        parts = dict(own.parts)
-        for k, m in e.parts.items():
-            parts[k] = parts[k] - m if k in parts else -m
-        rhs = e.c - own.c
-        self.block.add_rows(f"{name}:def", parts, rhs, rhs, kind="linear", op=e.ops[-1] if e.ops else "",
+        d = _sub(mat.aff(), e)
+        self.block.add_rows(f"{name}:def", d.parts, -d.c, -d.c, kind="linear", op=e.ops[-1] if e.ops else "",
                             origin=e.origin)
         if mat.encoding == "ternary":
             self.exclusive(mat, 0.0, None)
@@ -796,20 +792,19 @@ class _BlockLowering:
         info = {"op": op.id, "origin": op.origin}
         pa, ca = self._rows_of(_sub(y, a), unstable)
         pb, cb = self._rows_of(_sub(y, b), unstable)
-        zs = lambda coef: {z: _diag(coef)}  # noqa: E731
         if sense == "max":  # y >= a, y >= b; y <= a - L (1 - z); y <= b + U z
             self.block.add_rows(f"{op.id}:{tag}:hull-a", pa, -ca, np.inf, kind="linear", **info)
             self.block.add_rows(f"{op.id}:{tag}:hull-b", pb, -cb, np.inf, kind="linear", **info)
-            self.block.add_rows(f"{op.id}:{tag}:big-m-a", {**pa, **zs(-L)}, -np.inf, -L - ca, kind="big-m",
+            self.block.add_rows(f"{op.id}:{tag}:big-m-a", {**pa, z: _diag(-L)}, -np.inf, -L - ca, kind="big-m",
                                 big_m=big_m, m=-L, **info)
-            self.block.add_rows(f"{op.id}:{tag}:big-m-b", {**pb, **zs(-U)}, -np.inf, -cb, kind="big-m",
+            self.block.add_rows(f"{op.id}:{tag}:big-m-b", {**pb, z: _diag(-U)}, -np.inf, -cb, kind="big-m",
                                 big_m=big_m, m=U, **info)
         else:  # y <= a, y <= b; y >= a - U (1 - z); y >= b + L z
             self.block.add_rows(f"{op.id}:{tag}:hull-a", pa, -np.inf, -ca, kind="linear", **info)
             self.block.add_rows(f"{op.id}:{tag}:hull-b", pb, -np.inf, -cb, kind="linear", **info)
-            self.block.add_rows(f"{op.id}:{tag}:big-m-a", {**pa, **zs(-U)}, -U - ca, np.inf, kind="big-m",
+            self.block.add_rows(f"{op.id}:{tag}:big-m-a", {**pa, z: _diag(-U)}, -U - ca, np.inf, kind="big-m",
                                 big_m=big_m, m=U, **info)
-            self.block.add_rows(f"{op.id}:{tag}:big-m-b", {**pb, **zs(-L)}, -cb, np.inf, kind="big-m",
+            self.block.add_rows(f"{op.id}:{tag}:big-m-b", {**pb, z: _diag(-L)}, -cb, np.inf, kind="big-m",
                                 big_m=big_m, m=-L, **info)
         return y
 
