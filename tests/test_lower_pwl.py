@@ -335,32 +335,37 @@ def test_verify_linf_counterexample_confirmed(head):
     assert found
 
 
-def hardtanh_mlp_sign(path):
-    """models/mlp_sign.onnx (torch.onnx, TorchScript) with the hardtanh torch.onnx writes appended:
-    Clip(logits, Constant(-1), Constant(1))."""
+def mlp_sign_with_head(path, head: str):
+    """models/mlp_sign.onnx (torch.onnx, TorchScript) with the head torch.onnx writes appended:
+    hardtanh as Clip(logits, Constant(-1), Constant(1)), or Relu(logits)."""
     m = onnx.load(str(MODELS / "mlp_sign.onnx"))
     g = m.graph
+    logits = "/bn3/BatchNormalization_output_0"
     for n in g.node:
         if n.output[0] == "y":
-            n.output[0] = "/bn3/BatchNormalization_output_0"
-    g.node.extend([
-        helper.make_node("Constant", [], ["/act/Constant_output_0"], name="/act/Constant",
-                         value=numpy_helper.from_array(np.array(-1, np.float32))),
-        helper.make_node("Constant", [], ["/act/Constant_1_output_0"], name="/act/Constant_1",
-                         value=numpy_helper.from_array(np.array(1, np.float32))),
-        helper.make_node("Clip", ["/bn3/BatchNormalization_output_0", "/act/Constant_output_0",
-                                  "/act/Constant_1_output_0"], ["y"], name="/act/Clip")])
+            n.output[0] = logits
+    if head == "Clip":
+        g.node.extend([
+            helper.make_node("Constant", [], ["/act/Constant_output_0"], name="/act/Constant",
+                             value=numpy_helper.from_array(np.array(-1, np.float32))),
+            helper.make_node("Constant", [], ["/act/Constant_1_output_0"], name="/act/Constant_1",
+                             value=numpy_helper.from_array(np.array(1, np.float32))),
+            helper.make_node("Clip", [logits, "/act/Constant_output_0", "/act/Constant_1_output_0"], ["y"],
+                             name="/act/Clip")])
+    else:
+        g.node.append(helper.make_node("Relu", [logits], ["y"], name="/act/Relu"))
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return m
 
 
-def test_verify_cli_hardtanh_head(tmp_path):
-    """The issue's failure: `tamec verify` on a torch sign MLP with a hardtanh head answers robust
-    at eps 0 (it refused 'op Clip cannot be lowered'); at eps 0.5 its counterexample is confirmed
-    by onnxruntime on the model."""
-    path = tmp_path / "mlp_hardtanh.onnx"
-    m = hardtanh_mlp_sign(path)
+@pytest.mark.parametrize("head", ["Clip", "Relu"])
+def test_verify_cli_torch_mlp_with_pwl_head(tmp_path, head):
+    """The issue's failure: `tamec verify` on a torch sign MLP with a hardtanh (or Relu) head
+    answers robust at eps 0 (it refused 'op Clip cannot be lowered'); at eps 0.5 its
+    counterexample is confirmed by onnxruntime on the model and lies in the ball."""
+    path = tmp_path / f"mlp_{head}.onnx"
+    m = mlp_sign_with_head(path, head)
     x = np.random.default_rng(0).uniform(0, 1, (1, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     run = lambda *a: subprocess.run([sys.executable, "-m", "tamec", "verify", str(path), "--input",  # noqa: E731
