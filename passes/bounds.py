@@ -70,9 +70,13 @@ class Intervals:
             return None
         lo = {i: self.get(i)[0] for i in data}
         hi = {i: self.get(i)[1] for i in data}
+        # the bounds are float64: float constants of same-type ops (Max(x, c), Clip(x, lo, hi), ...)
+        # are fed in float64 too, or the evaluator refuses the mixed types
+        same = {i: c.astype(np.float64) for i in op.inputs
+                if i and i not in lo and (c := g.const(i)) is not None and c.dtype.kind == "f"}
         points = [lo, hi] + [{i: np.clip(np.float64(k), lo[i], hi[i]) for i in data} for k in kinks]
-        try:  # float64 feeds: a float32 graph's op is evaluated on them as the evaluator allows
-            ys = [eval_op(g, op, p)[0].astype(np.float64) for p in points]
+        try:
+            ys = [eval_op(g, op, {**same, **p})[0].astype(np.float64) for p in points]
         except Exception:  # noqa: BLE001  unbounded is always sound
             return None
         return np.minimum.reduce(ys), np.maximum.reduce(ys)

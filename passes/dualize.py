@@ -137,7 +137,11 @@ class Dualize(Pass):
                    "unique_keys": len(keys), "methods": ["lp", "bb"] if keys else [], "rows": rows,
                    "uncovered_rows": uncovered}
             if not counts["thresholds"] and not counts["pools"]:
-                rep.update(exact=True, reason="continuous affine block: LP dual is exact", methods=["lp"])
+                if b.meta.get("kinks"):  # binaries of Relu/Clip/Max...: the LP relaxation has a gap
+                    rep["note"] = (f"{b.meta['kinks']} piecewise-linear kink binaries get no dual function "
+                                   "(their rows are in uncovered_rows)")
+                else:
+                    rep.update(exact=True, reason="continuous affine block: LP dual is exact", methods=["lp"])
             if keys:
                 rep["bb_depth"] = depth
                 if any("certificate" in e for k in keys for e in k.get("chvatal", {}).values()):

@@ -405,7 +405,7 @@ def test_unbounded_preactivation_asks_for_input_bounds():
     assert e.value.node and "Threshold" in str(e.value)
 
 
-@pytest.mark.parametrize("where,op_type", [("block", "Tanh"), ("head", "Relu")])
+@pytest.mark.parametrize("where,op_type", [("block", "Tanh"), ("head", "Sigmoid")])
 def test_unsupported_op_named(where, op_type):
     """An op the MIP lowering cannot encode (in a binarized block or in the head) is an error
     naming the op, its ONNX node and what is supported."""

@@ -5,8 +5,9 @@ Partition: one block per binarized layer, i.e. the ops from the previous block's
 graph input) up to and including a `tamec.Threshold`; the ops in between may be `tamec.Linear`,
 `Conv`, `Add`/`Sub`/`Mul`/`Div`/`Neg` by constants (`Add`/`Sub` of two affine tensors too),
 `BatchNormalization`, reshapes (`Reshape`, `Flatten`, `Squeeze`, `Unsqueeze`, `Identity`),
-`Transpose`, and `MaxPool` of a binary or ternary tensor. Then one head block: every op after the
-last threshold (affine only). A `Softmax`/`LogSoftmax` whose output is a graph output is not
+`Transpose`, `MaxPool` of a binary or ternary tensor, and the piecewise-linear ops `Relu`,
+`LeakyRelu`, `Abs`, `Clip`, `HardSigmoid`, `Max`, `Min`. Then one head block: every op after the
+last threshold (affine or piecewise linear). A `Softmax`/`LogSoftmax` whose output is a graph output is not
 lowered: argmax is order-preserving, so the head ends at the logits (recorded in the specs and in
 `MipModule.meta["not_lowered"]`; `meta["outputs"][graph output]` names the logits' groups).
 
@@ -46,6 +47,21 @@ Each block, for one example (batch dim dropped):
   MaxPool        of a bipolar/bin01 tensor: an OR, y >= x_i and y <= sum x_i; of a ternary one:
                  max = +1 iff some element is +1 (OR of the p bits), -1 iff all are -1 (AND of
                  the n bits: n <= n_i, n >= sum n_i - (k - 1)). Padding never wins a max. Exact.
+  piecewise      Relu, LeakyRelu, Abs, Clip, HardSigmoid, Max and Min are compositions of one
+  linear         primitive, y = max(a, b) or min(a, b) elementwise with a, b affine: Relu max(x, 0),
+                 LeakyRelu max(x, alpha x) (min for alpha > 1), Abs max(x, -x), Clip
+                 min(max(x, lo), hi), HardSigmoid min(max(alpha x + beta, 0), 1), Max/Min folded
+                 over their inputs (broadcast). With [L, U] the interval of d = a - b, read from
+                 the bounds of the operands' groups (the values' bounds, as thresholds read
+                 theirs): where the interval proves one side (L >= 0 or U <= 0 for max) the
+                 element is stable, y = a or y = b by an equality row and no binary; else one
+                 binary z per element (z = 1: y = a) and, for max, the hull rows y >= a, y >= b
+                 with y <= a - L (1 - z), y <= b + U z (the mirror for min): exact, y is unique
+                 at d = 0 too. An unstable element with an infinite L or U is an
+                 UnsupportedModelError naming the node and asking for --input-bounds. The
+                 intermediate of a two-kink op (Clip, HardSigmoid, Max/Min of 3+ inputs) is a
+                 continuous group encoding no graph value. Block.meta counts "kinks" (binaries)
+                 and "kinks_stable".
   head           every real (non-binary) tensor is a continuous group defined by equality rows.
 
 Groups, links and meta follow the MIP-IR conventions (tamec/ir/mip.py): group V (or V+ and V-)
@@ -71,10 +87,14 @@ from tamec.ops.threshold import ThresholdParams
 
 AFFINE_OPS = frozenset({"tamec.Linear", "Conv", "Add", "Sub", "Mul", "Div", "Neg", "BatchNormalization"})
 RESHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
-BLOCK_OPS = AFFINE_OPS | RESHAPE_OPS | {"Transpose", "MaxPool", "tamec.Threshold"}
+# elementwise piecewise-linear ops: max/min of affine pieces, one binary per element that can
+# cross a kink (see "piecewise linear" above)
+PWL_OPS = frozenset({"Relu", "LeakyRelu", "Abs", "Clip", "HardSigmoid", "Max", "Min"})
+BLOCK_OPS = AFFINE_OPS | RESHAPE_OPS | PWL_OPS | {"Transpose", "MaxPool", "tamec.Threshold"}
 TAIL_OPS = frozenset({"Softmax", "LogSoftmax"})
 # The lower-mip stage of the op registry.
-attach("lower-mip", sorted(BLOCK_OPS - {"MaxPool"}), None, how="exact rows")
+attach("lower-mip", sorted(BLOCK_OPS - PWL_OPS - {"MaxPool"}), None, how="exact rows")
+attach("lower-mip", sorted(PWL_OPS), None, how="a binary per kink (big-M), none where the bounds prove a side")
 attach("lower-mip", ["MaxPool"], None, how="exact OR rows (binary/ternary input only)")
 attach("lower-mip", sorted(TAIL_OPS), None, how="final op only: left out of the MIP (argmax-invariant)")
 _BINARY_KINDS = ("bipolar", "bin01", "ternary")
@@ -85,8 +105,8 @@ REL_EPS = 1e-5
 
 
 def _supported() -> str:
-    return (", ".join(q for q in sorted(BLOCK_OPS)) + " (MaxPool of binary/ternary tensors only; Mul/Div by constants); "
-            "Softmax/LogSoftmax only as the final op")
+    return (", ".join(sorted(BLOCK_OPS)) + " (MaxPool of binary/ternary tensors only; Mul/Div by constants; "
+            "Clip with constant min/max); Softmax/LogSoftmax only as the final op")
 
 
 @dataclass
@@ -197,8 +217,10 @@ def _check_lowerable(g: Graph, op: Op) -> None:
             bad = "MaxPool is lowered only on binary or ternary tensors (where it is an OR)"
         elif len(op.outputs) > 1 and op.outputs[1]:
             bad = "the Indices output of MaxPool is not supported"
-    elif q in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Neg", "tamec.Threshold") \
-            and len(data) != 1:
+    elif q == "Clip" and data != [op.inputs[0]]:
+        bad = "its min and max must be constants"
+    elif q in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Neg", "tamec.Threshold",
+               "Relu", "LeakyRelu", "Abs", "HardSigmoid") and len(data) != 1:
         bad = "it needs exactly one variable input"
     if bad:
         raise UnsupportedModelError(f"op {q} cannot be lowered: {bad}", node=op.id, op=q, hint=_origin(op))
@@ -227,6 +249,14 @@ class _Aff:
         T = sp.csr_matrix(T)
         parts = {k: sp.csr_matrix(T @ m) for k, m in self.parts.items()}
         return _Aff(parts, T @ self.c + d, view, *_prov(self, op))
+
+
+def _sub(a: _Aff, b: _Aff) -> _Aff:
+    """a - b (same size)."""
+    parts = dict(a.parts)
+    for k, m in b.parts.items():
+        parts[k] = parts[k] - m if k in parts else -m
+    return _Aff(parts, a.c - b.c)
 
 
 def _prov(e: _Aff, op: Op | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -468,12 +498,8 @@ class _BlockLowering:
             return self.mats[name]
         e = self.env[name]
         mat = self.new_mat(name, role)
-        own = mat.aff()
-        parts = dict(own.parts)
-        for k, m in e.parts.items():
-            parts[k] = parts[k] - m if k in parts else -m
-        rhs = e.c - own.c
-        self.block.add_rows(f"{name}:def", parts, rhs, rhs, kind="linear", op=e.ops[-1] if e.ops else "",
+        d = _sub(mat.aff(), e)
+        self.block.add_rows(f"{name}:def", d.parts, -d.c, -d.c, kind="linear", op=e.ops[-1] if e.ops else "",
                             origin=e.origin)
         if mat.encoding == "ternary":
             self.exclusive(mat, 0.0, None)
@@ -512,6 +538,9 @@ class _BlockLowering:
                 return
             if q == "MaxPool":
                 self.maxpool(op)
+                return
+            if q in PWL_OPS:
+                self.piecewise(op)
                 return
             self.env[out.name] = self.affine(op, out)
         except (UnsupportedModelError, ModelStructureError) as e:
@@ -650,6 +679,145 @@ class _BlockLowering:
             self.exclusive(mat, 0.0, op, f"{op.id}:exclusive")
         self.env[out.name] = dataclasses.replace(mat.aff(), ops=(op.id,), origin=op.origin)
 
+    # -- piecewise-linear ops -------------------------------------------------------------------
+    def piecewise(self, op: Op) -> None:
+        """Relu, LeakyRelu, Abs, Clip, HardSigmoid, Max, Min as max/min of affine pieces."""
+        g, t = self.g, op.op_type
+        out = g.values[op.outputs[0]]
+        out_ex = _ex_shape(out)
+        ops = [self._operand(i, out_ex) for i in op.inputs if i]
+        x = ops[0]
+        n = x.size
+        const = lambda v: _Aff({}, np.full(n, float(v)))  # noqa: E731
+        if t == "Relu":
+            steps = [("max", const(0.0))]
+        elif t == "LeakyRelu":
+            alpha = float(op.attrs.get("alpha", 0.01))
+            steps = [("max" if alpha <= 1 else "min", x.map(alpha * sp.identity(n, format="csr")))]
+        elif t == "Abs":
+            steps = [("max", x.map(-sp.identity(n, format="csr")))]
+        elif t == "HardSigmoid":
+            alpha, beta = float(op.attrs.get("alpha", 0.2)), float(op.attrs.get("beta", 0.5))
+            x = x.map(alpha * sp.identity(n, format="csr"), beta)
+            steps = [("max", const(0.0)), ("min", const(1.0))]
+        elif t == "Clip":
+            lo, hi = self._clip_limits(op)
+            steps = [(s, const(v)) for s, v in (("max", lo), ("min", hi)) if v is not None]
+        else:  # Max / Min over every input, broadcast to the output
+            steps = [(t.lower(), e) for e in ops[1:]]
+        mat = self.new_mat(out.name, "internal")
+        src = self._big_m_source(op, op.inputs[0])
+        self.info.setdefault("big_m", src)
+        acc = x
+        for k, (sense, b) in enumerate(steps):
+            last = k == len(steps) - 1
+            acc = self._max_min(op, f"k{k}", sense, acc, b, mat if last else None, src)
+        if not steps:  # Clip without limits, Max/Min of one input: y = x
+            self._equal(op, "copy", mat.aff(), x, np.arange(n))
+        self.mats[out.name] = mat
+        self.produced.append(out.name)
+        self.env[out.name] = dataclasses.replace(mat.aff(), ops=(op.id,), origin=op.origin)
+
+    def _operand(self, name: str, out_ex: tuple[int, ...]) -> _Aff:
+        """Input `name` of a piecewise op, broadcast to one example of its output: a constant, or
+        the value's own group (so its bounds are the value's)."""
+        c = self.g.const(name)
+        if c is not None:
+            return _Aff({}, _const_elems(c, out_ex))
+        self.materialize(name)
+        e = self.env[name]
+        sel = _broadcast_sel(_ex_shape(self.g.values[name]), out_ex)
+        return e if sel is None else e.map(sel)
+
+    def _clip_limits(self, op: Op) -> tuple[float | None, float | None]:
+        """Clip's min and max (inputs from opset 11, attributes before), None where absent."""
+        if "min" in op.attrs or "max" in op.attrs:
+            lo, hi = op.attrs.get("min"), op.attrs.get("max")
+        else:
+            ins = list(op.inputs[1:3]) + ["", ""]
+            lo, hi = (self.g.const(i) if i else None for i in ins[:2])
+        lo, hi = (None if v is None else float(np.asarray(v).reshape(-1)[0]) for v in (lo, hi))
+        if lo is not None and hi is not None and lo > hi:
+            lo = hi  # ONNX: every element is max when min > max; min(max(x, hi), hi) = hi
+        return lo, hi
+
+    def _interval(self, e: _Aff) -> tuple[np.ndarray, np.ndarray]:
+        """Elementwise bounds of an affine expression from its groups' bounds."""
+        lo, hi = e.c.astype(np.float64).copy(), e.c.astype(np.float64).copy()
+        with np.errstate(invalid="ignore"):
+            for gname, m in e.parts.items():
+                grp = self.block.group(gname)
+                pos, neg = m.maximum(0), m.minimum(0)
+                pos.eliminate_zeros()
+                neg.eliminate_zeros()
+                lo += pos @ grp.lb + neg @ grp.ub
+                hi += pos @ grp.ub + neg @ grp.lb
+        return lo, hi
+
+    def _rows_of(self, e: _Aff, idx: np.ndarray) -> tuple[dict, np.ndarray]:
+        """(parts, constant) of the elements `idx` of expression `e`."""
+        S = _sel(idx, e.size)
+        return {k: sp.csr_matrix(S @ m) for k, m in e.parts.items()}, S @ e.c
+
+    def _equal(self, op: Op, tag: str, y: _Aff, a: _Aff, idx: np.ndarray) -> None:
+        if idx.size:
+            parts, c = self._rows_of(_sub(y, a), idx)
+            self.block.add_rows(f"{op.id}:{tag}", parts, -c, -c, kind="linear", op=op.id, origin=op.origin)
+
+    def _max_min(self, op: Op, tag: str, sense: str, a: _Aff, b: _Aff, mat: _Mat | None, big_m: str) -> _Aff:
+        """Rows making y = max(a, b) (sense "max") or min(a, b) elementwise; y is `mat`'s
+        expression, or a new continuous group (an intermediate of the op) when `mat` is None."""
+        n = a.size
+        dlo, dhi = self._interval(_sub(a, b))
+        alo, ahi = self._interval(a)
+        blo, bhi = self._interval(b)
+        if sense == "max":
+            take_a, take_b = dlo >= 0, (dhi <= 0) & ~(dlo >= 0)
+            ylo, yhi = np.maximum(alo, blo), np.maximum(ahi, bhi)
+        else:
+            take_a, take_b = dhi <= 0, (dlo >= 0) & ~(dhi <= 0)
+            ylo, yhi = np.minimum(alo, blo), np.minimum(ahi, bhi)
+        if mat is None:
+            gname = self._fresh(f"{op.outputs[0]}#{tag}")
+            self.block.add_vars(VarGroup(gname, (n,), "continuous", ylo, yhi, "internal", "", "value"))
+            y = _Aff({gname: sp.identity(n, format="csr")}, np.zeros(n))
+        else:
+            y = mat.aff()
+        unstable = np.flatnonzero(~take_a & ~take_b)
+        self.info["kinks"] = self.info.get("kinks", 0) + int(unstable.size)
+        self.info["kinks_stable"] = self.info.get("kinks_stable", 0) + int(n - unstable.size)
+        self._equal(op, f"{tag}:stable-a", y, a, np.flatnonzero(take_a))
+        self._equal(op, f"{tag}:stable-b", y, b, np.flatnonzero(take_b))
+        if not unstable.size:
+            return y
+        L, U = dlo[unstable], dhi[unstable]
+        if not (np.all(np.isfinite(L)) and np.all(np.isfinite(U))):
+            bad = int(np.sum(~(np.isfinite(L) & np.isfinite(U))))
+            raise UnsupportedModelError(
+                f"the input of {op.op_type} has no finite bounds for {bad} element(s) that can cross its kink, so "
+                "their big-M rows cannot be written", node=op.id, op=op.qualname,
+                hint="give the input box with --input-bounds LO:HI (or name=LO:HI) and run the bounds pass")
+        z = self._fresh(f"{op.outputs[0]}#{tag}:z")  # z = 1 where y = a
+        self.block.add_vars(VarGroup(z, (unstable.size,), "binary", 0, 1, "internal", "", "value"))
+        info = {"op": op.id, "origin": op.origin}
+        pa, ca = self._rows_of(_sub(y, a), unstable)
+        pb, cb = self._rows_of(_sub(y, b), unstable)
+        if sense == "max":  # y >= a, y >= b; y <= a - L (1 - z); y <= b + U z
+            self.block.add_rows(f"{op.id}:{tag}:hull-a", pa, -ca, np.inf, kind="linear", **info)
+            self.block.add_rows(f"{op.id}:{tag}:hull-b", pb, -cb, np.inf, kind="linear", **info)
+            self.block.add_rows(f"{op.id}:{tag}:big-m-a", {**pa, z: _diag(-L)}, -np.inf, -L - ca, kind="big-m",
+                                big_m=big_m, m=-L, **info)
+            self.block.add_rows(f"{op.id}:{tag}:big-m-b", {**pb, z: _diag(-U)}, -np.inf, -cb, kind="big-m",
+                                big_m=big_m, m=U, **info)
+        else:  # y <= a, y <= b; y >= a - U (1 - z); y >= b + L z
+            self.block.add_rows(f"{op.id}:{tag}:hull-a", pa, -np.inf, -ca, kind="linear", **info)
+            self.block.add_rows(f"{op.id}:{tag}:hull-b", pb, -np.inf, -cb, kind="linear", **info)
+            self.block.add_rows(f"{op.id}:{tag}:big-m-a", {**pa, z: _diag(-U)}, -U - ca, np.inf, kind="big-m",
+                                big_m=big_m, m=U, **info)
+            self.block.add_rows(f"{op.id}:{tag}:big-m-b", {**pb, z: _diag(-L)}, -cb, np.inf, kind="big-m",
+                                big_m=big_m, m=-L, **info)
+        return y
+
     # -- Threshold ------------------------------------------------------------------------------
     def threshold(self, op: Op) -> None:
         sname, out = op.inputs[0], self.g.values[op.outputs[0]]
@@ -658,12 +826,7 @@ class _BlockLowering:
         st = threshold_states(op, self.g.values[sname], sg.lb, sg.ub, self.eps, self.rel_eps)
         self.info["threshold"] = op.id
         self.info["neurons"] += st.n
-        src = getattr(self.g.values[sname], "bounds_source", "") or ""
-        if isinstance(self.bounds_source, dict):
-            src = self.bounds_source.get(sname) or self.bounds_source.get(op.id) or src
-        elif self.bounds_source:
-            src = self.bounds_source
-        self.info["big_m"] = big_m = src or "interval"
+        self.info["big_m"] = big_m = self._big_m_source(op, sname)
         enc = _encoding(out)
         mat = self.new_mat(out.name, "internal")
         if enc in ("bipolar", "bin01"):
@@ -690,6 +853,16 @@ class _BlockLowering:
         self.mats[out.name] = mat
         self.produced.append(out.name)
         self.env[out.name] = dataclasses.replace(mat.aff(), ops=(op.id,), origin=op.origin)
+
+    def _big_m_source(self, op: Op, sname: str) -> str:
+        """Where the M of op's big-M rows come from: lower_inference's `bounds_source`, else the
+        bounds of its input `sname` ("interval", "lp-tightened")."""
+        src = getattr(self.g.values[sname], "bounds_source", "") or ""
+        if isinstance(self.bounds_source, dict):
+            src = self.bounds_source.get(sname) or self.bounds_source.get(op.id) or src
+        elif self.bounds_source:
+            src = self.bounds_source
+        return src or "interval"
 
     def preactivation(self, op: Op, sname: str) -> str:
         """The continuous "value" group holding a threshold's input."""
