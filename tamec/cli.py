@@ -64,10 +64,27 @@ def cmd_compile(a) -> int:
 
 
 def _load_array(path: str) -> np.ndarray:
+    from tamec.data import regular_file
+
+    regular_file(path, "pass a .npy file written by numpy.save")  # a FIFO would block np.load forever
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
         raise UsageError(f"cannot read {path}: {e}", hint="pass a .npy file written by numpy.save") from None
+    if not isinstance(a, np.ndarray):
+        a.close()
+        raise UsageError(f"{path} is an .npz archive, not one array", hint="pass a .npy file written by numpy.save")
+    return a
+
+
+def _as_model_dtype(a: np.ndarray, dtype, what: str) -> np.ndarray:
+    """Cast a float array to the model's float dtype (as `verify` does), saying so on stderr; any
+    other mismatch is left for the session's own check to refuse."""
+    dtype = np.dtype(dtype)
+    if a.dtype != dtype and a.dtype.kind == "f" and dtype.kind == "f":
+        print(f"tamec: note: {what} cast from {a.dtype.name} to the model's {dtype.name}", file=sys.stderr)
+        return a.astype(dtype)
+    return a
 
 
 def cmd_run(a) -> int:
@@ -84,7 +101,7 @@ def cmd_run(a) -> int:
             name, path = names[0], spec
         if name not in names:
             raise UsageError(f"the model has no input {name!r}", hint="its inputs: " + ", ".join(names))
-        feeds[name] = _load_array(path)
+        feeds[name] = _as_model_dtype(_load_array(path), sess.graph.values[name].dtype, f"input {name!r} ({path})")
     outs = sess.run(None, feeds)
     onames = [o.name for o in sess.get_outputs()]
     for n, y in zip(onames, outs):
@@ -226,7 +243,7 @@ def cmd_diff(a) -> int:
             raise UsageError(f"cannot read {p}: {e.strerror}") from None
     lines = diff_text(*texts)
     print("\n".join(lines) if lines else "no differences")
-    return 0
+    return 1 if lines else 0  # as diff(1): 0 same, 1 different, 2 trouble
 
 
 def cmd_fit_mip(a) -> int:
@@ -332,7 +349,8 @@ def cmd_export_grad(a) -> int:
 
 def cmd_grad(a) -> int:
     prog = _grad_program(a)
-    x, labels = _load_array(a.input), _load_array(a.labels)
+    x = _as_model_dtype(_load_array(a.input), "float32", f"input {a.input}")  # GradProgram's inputs are float32
+    labels = _load_array(a.labels)
     loss, grads, _ = prog.loss_and_grads(x, labels)
     if "loss" in grads:
         raise UsageError("the model has a weight named 'loss'", hint="rename it; GRADS.npz keys are loss and weights")
@@ -349,9 +367,11 @@ def cmd_grad(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tamec import __version__
     from tamec.passmanager import DEFAULT_PIPELINE
 
     p = argparse.ArgumentParser(prog="tamec", description="compile, inspect and run binarized neural networks")
+    p.add_argument("--version", action="version", version=f"tamec {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="import an ONNX model and run the pass pipeline",
@@ -389,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("diff", help="diff two .tir dumps by stable op id",
-                       description="Ops and values added, removed and changed between two .tir files.")
+                       description="Ops and values added, removed and changed between two .tir files. "
+                                   "Exit 0 when they are the same, 1 when they differ, 2 on trouble.")
     d.add_argument("a")
     d.add_argument("b")
     d.set_defaults(fn=cmd_diff)
