@@ -48,6 +48,10 @@ def cmd_compile(a) -> int:
     import tamec
 
     model = a.model or tamec.default_model()
+    if a.dump_dir:  # a read-only folder fails here, before the passes run, not at the first dump
+        from tamec.files import writable_folder
+
+        writable_folder(a.dump_dir, "--dump-dir")
     m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
                       stop_after=a.stop_after, check=a.check, tighten=a.tighten,
                       **({"executor": a.executor} if a.executor else {}))
@@ -64,7 +68,7 @@ def cmd_compile(a) -> int:
 
 
 def _load_array(path: str) -> np.ndarray:
-    from tamec.data import regular_file
+    from tamec.files import regular_file
 
     regular_file(path, "pass a .npy file written by numpy.save")  # a FIFO would block np.load forever
     try:
@@ -313,9 +317,8 @@ def cmd_verify(a) -> int:
 def cmd_train(a) -> int:
     from tamec.runtime.train import TrainConfig, train
 
-    explicit = {k for k in TrainConfig.BITS if getattr(a, k) is not None}
-    given = {k: getattr(a, k) for k in explicit | {"epochs"} if getattr(a, k) is not None}
-    cfg = TrainConfig(model=a.model, **given)
+    explicit = {k for k in TrainConfig.RESUMED if getattr(a, k) is not None}
+    cfg = TrainConfig(model=a.model, **{k: getattr(a, k) for k in explicit})
     train(cfg, out=a.out, resume=a.resume, progress=not a.no_progress, explicit=frozenset(explicit),
           full_compile=not a.skip_certify)
     return 0
@@ -498,8 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule (default cosine "
                    "decay to 0 over the run)")
     t.add_argument("--out", default="tamec-train", metavar="DIR", help="output folder (default ./tamec-train)")
-    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint (same bits as an "
-                   "uninterrupted run)")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint with every setting "
+                   "(MODEL, --data, --epochs, --batch, --rule, --optimizer, --lr, --seed, ...) taken from it: the "
+                   "same bits as an uninterrupted run; an option given that differs from the checkpoint's is refused")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--skip-certify", action="store_true", help="skip the full-pipeline compile (partition, "
                    "lower-mip, dualize, tame-check) before training, for repeated runs of a model already checked")
@@ -513,6 +517,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except TamecError as e:
         print(f"tamec: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write the command did not wrap itself (e.g. a dump file on a full disk)
+        from tamec.files import OUTPUT_ERRNOS, output_error
+
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        print(f"tamec: error: {output_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tamec: interrupted", file=sys.stderr)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tamec.errors import InputError, UsageError
+from tamec.files import regular_file
 
 NAMES = ("digits", "mnist5k", "mnist1d")
 DEFAULT = "digits"
@@ -67,17 +68,6 @@ def default_train_model() -> str:
     from importlib.resources import files
 
     return str(files("tamec.models") / "digits_bnn.onnx")
-
-
-def regular_file(path, hint: str) -> Path:
-    """`path` as a Path if it names a regular file, else UsageError: reading a FIFO or a device
-    would block or never end, and a folder cannot be read at all."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"no file {p}", hint=hint)
-    if not p.is_file():
-        raise UsageError(f"{p} is not a regular file (a folder, FIFO or device)", hint=hint)
-    return p
 
 
 def load_dataset(name_or_path: str | None = None) -> Dataset:

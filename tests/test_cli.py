@@ -209,3 +209,26 @@ def test_run_input_fifo_is_refused_not_read(tmp_path):
 def tamec_timeout(seconds, *args):
     return subprocess.run([sys.executable, "-m", "tamec", *map(str, args)], capture_output=True, text=True,
                           timeout=seconds, stdin=subprocess.DEVNULL)
+
+
+def test_unwritable_dump_dir_is_one_error_line(capsys):
+    """A --dump-dir where no file can be created (/proc/self, even for root) exits 2 in one line
+    before any pass runs."""
+    code, out, err = _main(capsys, "compile", MODELS / "mlp_sign.onnx", "--dump-dir", "/proc/self")
+    assert code == 2 and "/proc/self" in err and "--dump-dir" in err and not out, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_full_disk_while_dumping_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """A disk that fills up while a dump is written (the writer raises ENOSPC) exits 2 with one line
+    naming the file, not a traceback."""
+    import errno
+    from pathlib import Path
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    code, _, err = _main(capsys, "compile", MODELS / "mlp_sign.onnx", "--dump-dir", tmp_path / "d")
+    assert code == 2 and "No space left on device" in err and str(tmp_path / "d") in err, err
+    assert len(err.strip().splitlines()) == 1
