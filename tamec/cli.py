@@ -84,7 +84,10 @@ def _load_array(path: str) -> np.ndarray:
 def _as_model_dtype(a: np.ndarray, dtype, what: str) -> np.ndarray:
     """Cast a float array to the model's float dtype (as `verify` does), saying so on stderr; any
     other mismatch is left for the session's own check to refuse."""
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # a type numpy does not name (the session refuses the feed itself)
+        return a
     if a.dtype != dtype and a.dtype.kind == "f" and dtype.kind == "f":
         print(f"tamec: note: {what} cast from {a.dtype.name} to the model's {dtype.name}", file=sys.stderr)
         return a.astype(dtype)
@@ -518,12 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     except TamecError as e:
         print(f"tamec: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a write the command did not wrap itself (e.g. a dump file on a full disk)
-        from tamec.files import OUTPUT_ERRNOS, output_error
+    except OSError as e:  # a file access the command did not wrap itself (e.g. a dump file on a full disk)
+        from tamec.files import OUTPUT_ERRNOS, WRITE_ERRNOS, output_error
 
         if e.errno not in OUTPUT_ERRNOS:
             raise
-        print(f"tamec: error: {output_error(e)}", file=sys.stderr)
+        err = output_error(e) if e.errno in WRITE_ERRNOS else UsageError(
+            f"cannot access {e.filename or 'a file'}: {e.strerror or e}", hint="check the path and its permissions")
+        print(f"tamec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tamec: interrupted", file=sys.stderr)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from tamec.errors import OutputError, UsageError
 
-# errors that mean "this output cannot be written here", not a bug: the CLI turns them into one line
-OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
-                           errno.ENOTDIR, errno.EISDIR})
+# errors of the user's file system, not bugs: the CLI turns them into one line. The first set can
+# only come from a write (full disk, quota, file too large, read-only file system).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+OUTPUT_ERRNOS = WRITE_ERRNOS | {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
 
 def output_error(e: OSError, path=None) -> OutputError:
