@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accuracy of the backward rules on digits and MNIST-5k: same model, epochs and seeds for each.
 
-    python bench/accuracy.py                 # pick K on validation, then the test table (notes/train_bench.md)
+    python bench/accuracy.py                 # pick K on validation, then the test table
     python bench/accuracy.py --no-validate --data digits --seeds 0 --rules lp-dual,ste-clip
 
 Every rule trains the bundled model of the dataset (digits_bnn.onnx 64-256-256-10, mnist_bnn.onnx

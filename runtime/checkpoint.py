@@ -16,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from tamec.errors import InputError, UsageError
+from tamec.files import atomic_write, output_error
 
 FILE = "checkpoint.npz"
 FORMAT = "tamec-checkpoint-1"
@@ -40,7 +43,10 @@ def model_hash(model) -> str:
 def save(folder, groups: dict[str, dict[str, np.ndarray]], meta: dict) -> Path:
     """Write `groups` (group -> name -> array) and `meta` to folder/checkpoint.npz atomically."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(e, folder) from None
     for stale in folder.glob(f".{FILE}.tmp-*"):  # left by a process killed while writing
         if not _alive(stale.name.rpartition("-")[2]):  # never another live writer's file
             stale.unlink(missing_ok=True)
@@ -56,23 +62,6 @@ def save(folder, groups: dict[str, dict[str, np.ndarray]], meta: dict) -> Path:
     return final
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write `path` by `write(binary file)` into a temporary file beside it, fsync, rename, fsync
-    the folder: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _alive(pid: str) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -83,40 +72,39 @@ def _alive(pid: str) -> bool:
     return int(pid) != os.getpid()
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a folder; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def exists(folder) -> bool:
     """True when folder holds a checkpoint file."""
     return (Path(folder) / FILE).is_file()
 
 
 def load(folder) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
-    """Read folder/checkpoint.npz back: (groups, meta). Errors name the file and say what to do."""
+    """Read folder/checkpoint.npz back: (groups, meta). A missing, truncated or corrupt file (bad
+    CRC, not a zip, no or broken index) is one InputError naming the file; what the arrays and
+    `meta` must hold for a run is checked by the loop that reads them (tamec.runtime.train)."""
     path = Path(folder) / FILE
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}", hint="drop --resume to start a new run")
+    bad = lambda why: InputError(f"damaged checkpoint: {why}", file=str(path),  # noqa: E731
+                                 hint="delete the checkpoint folder to start over")
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files") or "meta" not in z.files:
+                raise bad("no meta record")
             doc = json.loads(str(z["meta"][()]))
-            if doc.get("format") != FORMAT:
-                raise InputError(f"not a tamec checkpoint (format {doc.get('format')!r})", file=str(path))
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise InputError(f"not a tamec checkpoint (format {doc.get('format') if isinstance(doc, dict) else None!r})",
+                                 file=str(path), hint="delete the checkpoint folder to start over")
+            index = doc.get("index")
+            if not isinstance(index, list) or not all(
+                    isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e) for e in index):
+                raise bad("its index of arrays is missing or malformed")
             groups: dict[str, dict[str, np.ndarray]] = {}
-            for k, (group, name) in enumerate(doc["index"]):
-                groups.setdefault(group, {})[name] = z[f"a{k}"]
+            for k, (group, name) in enumerate(index):
+                if f"a{k}" not in z.files:
+                    raise bad(f"array {group}/{name} is missing")
+                groups.setdefault(group, {})[name] = z[f"a{k}"]  # reading checks the member's CRC
     except InputError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read checkpoint: {e}", file=str(path),
-                         hint="delete the checkpoint folder to start over") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise bad(f"{type(e).__name__}: {e}") from None
     return groups, doc

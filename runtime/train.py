@@ -4,7 +4,9 @@ What a run does, in order (every check comes before any training step):
  1. checks the output folder is writable, loads the dataset (tamec.drivers.data), imports the model and
     checks the data's example shape against the model input and its labels against the model's
     output classes; with `--resume`, reads the checkpoint and refuses one from another model
-    (SHA-256 of the source ONNX) or another run config;
+    (SHA-256 of the source ONNX) or another run config; a damaged checkpoint (truncated, bad
+    CRC, a missing or mistyped field, arrays that do not fit the model) is one InputError, and
+    nothing is written before it is refused;
  2. compiles the model through the full pipeline (default passes + partition, lower-mip, dualize,
     tame-check) so every block is dualized and tame-checked, and prints a one-line summary;
  3. builds the GradProgram (tamec.runtime.autograd) of the training graph with the chosen
@@ -25,8 +27,10 @@ more than one example). The checkpoint stores the generator's state as of the st
 current epoch, the step reached inside it, and the running loss/accuracy sums. A run stopped by
 SIGINT (or SIGTERM) finishes the step in flight, writes a mid-epoch checkpoint and exits 130; a
 killed run (SIGKILL, power loss) keeps the checkpoint of the last finished epoch. `--resume`
-restores params, BatchNorm state, optimizer state and generator, redraws the interrupted epoch's
-permutation, skips the steps already done and continues: the result is the same bits as an
+takes every setting from the checkpoint (MODEL if it is still there, data, epochs, batch, rule,
+optimizer, lr, seed, Bop's rates, schedule) and refuses an option given on the command line that
+differs from it (a different value would not continue the same run); it restores params,
+BatchNorm state, optimizer state and generator, redraws the interrupted epoch's permutation, skips the steps already done and continues: the result is the same bits as an
 uninterrupted run with the same seed (single-threaded or not, numpy and BLAS are deterministic
 for the same shapes).
 
@@ -37,7 +41,7 @@ the block's lower and upper LP dual bounds: a fixed Lipschitz surrogate); K = 5 
 (bench/accuracy.py; K = 4 was within 0.02 points). lp-dual and
 bb-dual:K are available but do not train: descending the lower (optimistic) dual bound pulls every
 pre-activation towards its threshold and shrinks the BatchNorm scales to ~0 (the analysis is in
-the tamec/ops/rules.py docstring and issue 6's notes/train_bench.md). ste and ste-clip are the
+the tamec/ops/rules.py docstring; `python bench/accuracy.py` prints the numbers). ste and ste-clip are the
 heuristics BinaryConnect / BinaryNet use.
 
 Interval bounds of the threshold inputs depend on the parameters (binarized weights, BatchNorm
@@ -52,7 +56,6 @@ import json
 import math
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from tamec.errors import InputError, TamecError, UsageError
+from tamec.files import atomic_write, writable_folder
 from tamec.runtime import checkpoint as ckpt
 
 FULL_PIPELINE_EXTRA = ("partition", "lower-mip", "dualize", "tame-check")
@@ -84,6 +88,33 @@ class TrainConfig:
     schedule: str = "cosine"
 
     BITS = ("data", "batch", "rule", "optimizer", "lr", "seed", "bop_gamma", "bop_threshold", "schedule")
+    # what `--resume` takes from the checkpoint: every setting (a given option that differs is refused)
+    RESUMED = ("epochs",) + BITS
+
+    def problems(self) -> list[str]:
+        """What is wrong with this config's values and types (empty when it can run)."""
+        def num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def whole(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        bad = []
+        checks = [("model", self.model is None or isinstance(self.model, str), "a file name"),
+                  ("data", isinstance(self.data, str), "a dataset name or file"),
+                  ("epochs", whole(self.epochs) and self.epochs >= 1, "an integer >= 1"),
+                  ("batch", whole(self.batch) and self.batch >= 2, "an integer >= 2"),
+                  ("rule", isinstance(self.rule, str), "a rule name"),
+                  ("optimizer", isinstance(self.optimizer, str), "adam, sgd or bop"),
+                  ("lr", self.lr is None or (num(self.lr) and self.lr > 0), "a number > 0"),
+                  ("seed", whole(self.seed) and self.seed >= 0, "an integer >= 0"),
+                  ("bop_gamma", num(self.bop_gamma) and self.bop_gamma >= 0, "a number >= 0"),
+                  ("bop_threshold", num(self.bop_threshold) and self.bop_threshold >= 0, "a number >= 0"),
+                  ("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))]
+        for name, ok, want in checks:
+            if not ok:
+                bad.append(f"{name} {getattr(self, name)!r} (want {want})")
+        return bad
 
 
 @dataclass
@@ -130,19 +161,6 @@ def _one_blas_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def writable_folder(out) -> Path:
-    """Create `out` if needed and prove it is writable (a probe file), else UsageError."""
-    p = Path(out)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".tamec-probe-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"output folder {p} is not writable: {e.strerror or e}",
-                         hint="pick another --out folder") from None
-    return p
 
 
 def check_data_vs_model(ds, graph, model_name: str):
@@ -211,7 +229,7 @@ def _signs(params, binary) -> dict[str, np.ndarray]:
 
 def _write_json(path: Path, doc) -> None:
     text = json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n"
-    ckpt.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _json_default(o):
@@ -242,19 +260,81 @@ def _resolve_model(model, data: str) -> str:
     return str(model)
 
 
-def _check_resume(doc: dict, cfg: TrainConfig, sha: str, explicit: set[str], model: str) -> TrainConfig:
+def _damaged(path, why: str) -> InputError:
+    return InputError(f"damaged checkpoint: {why}", file=str(path), hint="delete the checkpoint folder to start over")
+
+
+def saved_config(doc: dict, path) -> TrainConfig:
+    """The run config a checkpoint's meta holds, checked field by field (InputError if damaged)."""
+    saved = doc.get("config")
+    if not isinstance(saved, dict):
+        raise _damaged(path, "no run config in its metadata")
+    missing = [k for k in ("model",) + TrainConfig.RESUMED if k not in saved]
+    if missing:
+        raise _damaged(path, f"its run config lacks {', '.join(missing)}")
+    cfg = TrainConfig(**{k: saved[k] for k in ("model",) + TrainConfig.RESUMED})
+    if cfg.problems():
+        raise _damaged(path, "its run config has " + "; ".join(cfg.problems()))
+    return cfg
+
+
+def check_meta(doc: dict, path, epochs: int, steps: int) -> None:
+    """The loop state of a checkpoint's meta: epoch, step, RNG state, running sums, history, each of
+    the type and range the loop reads (InputError naming the first that is not)."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    epoch, step = doc.get("epoch"), doc.get("step")
+    if not (whole(epoch) and 0 <= epoch <= epochs):
+        raise _damaged(path, f"epoch {epoch!r} is not an integer in [0, {epochs}]")
+    if not (whole(step) and 0 <= step < max(steps, 1)) or (epoch == epochs and step):
+        raise _damaged(path, f"step {step!r} is not an integer in [0, {steps}) (0 after the last epoch)")
+    try:
+        np.random.default_rng().bit_generator.state = doc.get("rng_state")
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise _damaged(path, f"its rng_state is not a numpy generator state ({type(e).__name__}: {e})") from None
+    sums = doc.get("sums")
+    if not (isinstance(sums, dict) and isinstance(sums.get("loss"), (int, float)) and whole(sums.get("correct"))
+            and whole(sums.get("seen"))):
+        raise _damaged(path, f"its running sums {sums!r} are not {{loss, correct, seen}} numbers")
+    history = doc.get("history")
+    keys = ("epoch", "loss", "batch_accuracy", "train_accuracy", "test_accuracy", "seconds")
+    if not (isinstance(history, list) and len(history) == epoch and all(
+            isinstance(h, dict) and all(isinstance(h.get(k), (int, float)) for k in keys)
+            and isinstance(h.get("flipped"), dict) for h in history)):
+        raise _damaged(path, f"its history is not {epoch} epoch record(s) of {', '.join(keys)}, flipped")
+
+
+def check_arrays(path, got: dict[str, np.ndarray], want: dict[str, np.ndarray], what: str) -> None:
+    """`got` (from a checkpoint) has exactly the names, shapes and kinds of `want` (this run's)."""
+    unknown, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    if unknown or missing:
+        raise _damaged(path, f"its {what} do not match the model: "
+                             + "; ".join(([f"unknown {', '.join(unknown)}"] if unknown else [])
+                                         + ([f"missing {', '.join(missing)}"] if missing else [])))
+    for n in sorted(want):
+        a, b = np.asarray(got[n]), np.asarray(want[n])
+        if a.shape != b.shape or a.dtype.kind != b.dtype.kind:
+            raise _damaged(path, f"{what[:-1] if what.endswith('s') else what} {n!r} is {a.dtype} {list(a.shape)}, "
+                                 f"this run's is {b.dtype} {list(b.shape)}")
+
+
+def _check_resume(doc: dict, cfg: TrainConfig, sha: str, explicit: set[str], model: str, path) -> TrainConfig:
+    """The config to continue: every setting from the checkpoint. An option given on the command
+    line that differs from the checkpoint's is refused (it would not be the same run)."""
     if doc.get("model_sha256") != sha:
-        raise UsageError(f"the checkpoint was made from another model ({doc.get('config', {}).get('model')}, "
+        raise UsageError(f"the checkpoint was made from another model ({doc['config'].get('model')}, "
                          f"sha256 {str(doc.get('model_sha256'))[:12]}), not {model} (sha256 {sha[:12]})",
                          file=model, hint="resume with the same MODEL, or start a new run without --resume "
                                           "or with another --out")
-    saved = doc["config"]
-    for k in TrainConfig.BITS:
-        if k in explicit and getattr(cfg, k) != saved.get(k):
+    saved = saved_config(doc, path)
+    for k in TrainConfig.RESUMED:
+        if k in explicit and getattr(cfg, k) != getattr(saved, k):
             raise UsageError(f"--{k.replace('_', '-')} {getattr(cfg, k)} differs from the checkpoint's "
-                             f"{saved.get(k)}", hint=f"drop --{k.replace('_', '-')} to resume, or start a new run")
-    merged = {k: saved[k] for k in TrainConfig.BITS if k in saved}
-    return TrainConfig(model=model, epochs=cfg.epochs, **merged)
+                             f"{getattr(saved, k)}", hint=f"drop --{k.replace('_', '-')}: --resume continues the run "
+                                                          "with the checkpoint's settings; or start a new run")
+    saved.model = model
+    return saved
 
 
 def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: bool = True,
@@ -266,18 +346,23 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
     from tamec.passmanager import DEFAULT_PIPELINE
 
     say = (lambda s: print(s, file=stdout or sys.stdout, flush=True))
-    if cfg.epochs < 1 or cfg.batch < 2:
-        raise UsageError(f"--epochs must be >= 1 and --batch >= 2 (got {cfg.epochs}, {cfg.batch})")
+    if cfg.problems():
+        raise UsageError("bad training options: " + "; ".join(cfg.problems()))
     out = writable_folder(out)
     ck_dir = out / "checkpoint"
+    ck_file = ck_dir / ckpt.FILE
     groups, doc = ckpt.load(ck_dir) if resume else (None, None)
-    # resuming without MODEL: the bundled model of the checkpoint's dataset, not of the default one
-    data = doc["config"].get("data", cfg.data) if resume and "data" not in explicit else cfg.data
-    model = _resolve_model(cfg.model, data)
+    model, data = cfg.model, cfg.data
+    if resume:  # without MODEL: the checkpoint's model if it is still there, else its dataset's bundled one
+        saved = saved_config(doc, ck_file)
+        data = cfg.data if "data" in explicit else saved.data
+        if model is None and Path(saved.model).is_file():
+            model = saved.model
+    model = _resolve_model(model, data)
     cfg.model = model
     sha = ckpt.model_hash(model)
     if resume:
-        cfg = _check_resume(doc, cfg, sha, set(explicit), model)
+        cfg = _check_resume(doc, cfg, sha, set(explicit), model, ck_file)
     from tamec.runtime.autograd import GradProgram
     from tamec.runtime.optim import make_optimizer
     from tamec.runtime.rules import parse_rule
@@ -316,20 +401,31 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
     history: list[dict] = []
     epoch0, step0, sums = 0, 0, {"loss": 0.0, "correct": 0, "seen": 0}
     start_signs = _signs(params, binary)
+    n = len(ds.x_train)
+    steps = n // cfg.batch  # the last incomplete batch is dropped
     if resume:
-        for n, a in groups["params"].items():
-            params[n][...] = a
-        for n, a in groups.get("state", {}).items():
-            prog.state[n][...] = a
+        check_meta(doc, ck_file, cfg.epochs, steps)
+        extra = groups.get("extra", {})
+        mid = doc["step"] > 0 and dual  # a mid-epoch checkpoint of a dual rule keeps the epoch-start bounds
+        for what, got, want in (("params", groups.get("params", {}), params),
+                                ("BatchNorm statistics", groups.get("state", {}), prog.state),
+                                ("optimizer state arrays", groups.get("opt", {}), opt.state_arrays()),
+                                ("extra arrays", extra,
+                                 {**{f"sign/{k}": v for k, v in start_signs.items()},
+                                  **({f"bparam/{k}": v for k, v in params.items()} if mid else {}),
+                                  **({f"bstate/{k}": v for k, v in prog.state.items()} if mid else {})})):
+            check_arrays(ck_file, got, want, what)
+        for name, a in groups["params"].items():
+            params[name][...] = a
+        for name, a in groups.get("state", {}).items():
+            prog.state[name][...] = a
         opt.load_state(groups["opt"])
-        start_signs = {n[len("sign/"):]: a for n, a in groups.get("extra", {}).items() if n.startswith("sign/")}
+        start_signs = {k[len("sign/"):]: a for k, a in extra.items() if k.startswith("sign/")}
         rng.bit_generator.state = doc["rng_state"]
         epoch0, step0, sums, history = doc["epoch"], doc["step"], doc["sums"], doc["history"]
         say(f"resumed from {ck_dir} at epoch {epoch0 + (1 if step0 else 0)}, step {step0}")
     elif ckpt.exists(ck_dir):
         say(f"note: starting a new run; the checkpoint in {ck_dir} will be replaced (use --resume to continue it)")
-    n = len(ds.x_train)
-    steps = n // cfg.batch  # the last incomplete batch is dropped
     say(f"training: rule {cfg.rule}, optimizer {json.dumps(opt.config())}, {cfg.epochs} epochs of {steps} "
         f"steps (batch {cfg.batch}), seed {cfg.seed}")
     config_doc = dict(asdict(cfg), lr=opt.lr, optimizer_config=opt.config(), model_sha256=sha,
@@ -443,8 +539,9 @@ def _finish(prog, params, ds, out: Path, history, config_doc, compile_s, wall, s
     files = {"model": str(out / "model.onnx"), "qonnx": str(out / "model.qonnx.onnx"),
              "metrics": str(out / "metrics.json"), "curves": str(out / "curves.png"),
              "checkpoint": str(out / "checkpoint" / ckpt.FILE)}
-    onnx.save(prog.export_onnx(params), files["model"])
-    onnx.save(prog.export_qonnx(params), files["qonnx"])
+    for key, model in (("model", prog.export_onnx(params)), ("qonnx", prog.export_qonnx(params))):
+        data = model.SerializeToString()
+        atomic_write(files[key], lambda f: f.write(data))
     ort_acc, agree = onnxruntime_accuracy(files["model"], ds.x_test, ds.y_test, preds)
     metrics = {"config": config_doc, "epochs": history, "test_accuracy": test_acc,
                "onnxruntime_test_accuracy": ort_acc, "onnxruntime_agrees": agree,

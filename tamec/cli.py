@@ -48,6 +48,10 @@ def cmd_compile(a) -> int:
     import tamec
 
     model = a.model or tamec.default_model()
+    if a.dump_dir:  # a read-only folder fails here, before the passes run, not at the first dump
+        from tamec.files import writable_folder
+
+        writable_folder(a.dump_dir, "--dump-dir")
     m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
                       stop_after=a.stop_after, check=a.check, tighten=a.tighten,
                       **({"executor": a.executor} if a.executor else {}))
@@ -64,10 +68,30 @@ def cmd_compile(a) -> int:
 
 
 def _load_array(path: str) -> np.ndarray:
+    from tamec.files import regular_file
+
+    regular_file(path, "pass a .npy file written by numpy.save")  # a FIFO would block np.load forever
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
         raise UsageError(f"cannot read {path}: {e}", hint="pass a .npy file written by numpy.save") from None
+    if not isinstance(a, np.ndarray):
+        a.close()
+        raise UsageError(f"{path} is an .npz archive, not one array", hint="pass a .npy file written by numpy.save")
+    return a
+
+
+def _as_model_dtype(a: np.ndarray, dtype, what: str) -> np.ndarray:
+    """Cast a float array to the model's float dtype (as `verify` does), saying so on stderr; any
+    other mismatch is left for the session's own check to refuse."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # a type numpy does not name (the session refuses the feed itself)
+        return a
+    if a.dtype != dtype and a.dtype.kind == "f" and dtype.kind == "f":
+        print(f"tamec: note: {what} cast from {a.dtype.name} to the model's {dtype.name}", file=sys.stderr)
+        return a.astype(dtype)
+    return a
 
 
 def cmd_run(a) -> int:
@@ -84,7 +108,7 @@ def cmd_run(a) -> int:
             name, path = names[0], spec
         if name not in names:
             raise UsageError(f"the model has no input {name!r}", hint="its inputs: " + ", ".join(names))
-        feeds[name] = _load_array(path)
+        feeds[name] = _as_model_dtype(_load_array(path), sess.graph.values[name].dtype, f"input {name!r} ({path})")
     outs = sess.run(None, feeds)
     onames = [o.name for o in sess.get_outputs()]
     for n, y in zip(onames, outs):
@@ -226,7 +250,7 @@ def cmd_diff(a) -> int:
             raise UsageError(f"cannot read {p}: {e.strerror}") from None
     lines = diff_text(*texts)
     print("\n".join(lines) if lines else "no differences")
-    return 0
+    return 1 if lines else 0  # as diff(1): 0 same, 1 different, 2 trouble
 
 
 def cmd_fit_mip(a) -> int:
@@ -296,9 +320,8 @@ def cmd_verify(a) -> int:
 def cmd_train(a) -> int:
     from tamec.runtime.train import TrainConfig, train
 
-    explicit = {k for k in TrainConfig.BITS if getattr(a, k) is not None}
-    given = {k: getattr(a, k) for k in explicit | {"epochs"} if getattr(a, k) is not None}
-    cfg = TrainConfig(model=a.model, **given)
+    explicit = {k for k in TrainConfig.RESUMED if getattr(a, k) is not None}
+    cfg = TrainConfig(model=a.model, **{k: getattr(a, k) for k in explicit})
     train(cfg, out=a.out, resume=a.resume, progress=not a.no_progress, explicit=frozenset(explicit),
           full_compile=not a.skip_certify)
     return 0
@@ -332,7 +355,8 @@ def cmd_export_grad(a) -> int:
 
 def cmd_grad(a) -> int:
     prog = _grad_program(a)
-    x, labels = _load_array(a.input), _load_array(a.labels)
+    x = _as_model_dtype(_load_array(a.input), "float32", f"input {a.input}")  # GradProgram's inputs are float32
+    labels = _load_array(a.labels)
     loss, grads, _ = prog.loss_and_grads(x, labels)
     if "loss" in grads:
         raise UsageError("the model has a weight named 'loss'", hint="rename it; GRADS.npz keys are loss and weights")
@@ -349,9 +373,11 @@ def cmd_grad(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tamec import __version__
     from tamec.passmanager import DEFAULT_PIPELINE
 
     p = argparse.ArgumentParser(prog="tamec", description="compile, inspect and run binarized neural networks")
+    p.add_argument("--version", action="version", version=f"tamec {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="import an ONNX model and run the pass pipeline",
@@ -389,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("diff", help="diff two .tir dumps by stable op id",
-                       description="Ops and values added, removed and changed between two .tir files.")
+                       description="Ops and values added, removed and changed between two .tir files. "
+                                   "Exit 0 when they are the same, 1 when they differ, 2 on trouble.")
     d.add_argument("a")
     d.add_argument("b")
     d.set_defaults(fn=cmd_diff)
@@ -477,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule (default cosine "
                    "decay to 0 over the run)")
     t.add_argument("--out", default="tamec-train", metavar="DIR", help="output folder (default ./tamec-train)")
-    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint (same bits as an "
-                   "uninterrupted run)")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint with every setting "
+                   "(MODEL, --data, --epochs, --batch, --rule, --optimizer, --lr, --seed, ...) taken from it: the "
+                   "same bits as an uninterrupted run; an option given that differs from the checkpoint's is refused")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--skip-certify", action="store_true", help="skip the full-pipeline compile (partition, "
                    "lower-mip, dualize, tame-check) before training, for repeated runs of a model already checked")
@@ -492,6 +520,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except TamecError as e:
         print(f"tamec: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file access the command did not wrap itself (e.g. a dump file on a full disk)
+        from tamec.files import OUTPUT_ERRNOS, WRITE_ERRNOS, output_error
+
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        err = output_error(e) if e.errno in WRITE_ERRNOS else UsageError(
+            f"cannot access {e.filename or 'a file'}: {e.strerror or e}", hint="check the path and its permissions")
+        print(f"tamec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tamec: interrupted", file=sys.stderr)

@@ -68,3 +68,7 @@ class InputError(TamecError):
 
 class UsageError(TamecError):
     """Bad command-line or API arguments."""
+
+
+class OutputError(TamecError):
+    """An output file or folder cannot be written (full disk, read-only or missing folder)."""

@@ -180,6 +180,11 @@ def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = Non
     if verify:
         from tamec.verifier import verify_graph
     ctx = ctx or PassContext()
+    unknown = sorted(set(ctx.input_bounds) - {"*"} - set(module.graph.inputs))
+    if unknown:
+        raise UsageError(f"--input-bounds names {', '.join(map(repr, unknown))}, not an input of the model",
+                         file=module.source, hint="its inputs: " + ", ".join(module.graph.inputs)
+                         + "; or write LO:HI for all of them")
     out = out or sys.stdout
     for flag, val in (("--print-after", print_after), ("--stop-after", stop_after)):
         if val and val not in ("all", "import") and val not in names:

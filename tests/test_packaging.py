@@ -1,7 +1,8 @@
 """Packaging: a regular install imports tamec, tamec.passes and tamec.runtime and ships the
-default model; the README's two commands are the ones CI runs."""
+default model; the Numba cache stays out of the package (tests/test_readme.py checks the README against CI)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,11 +36,39 @@ def test_regular_install_imports(tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
-def test_readme_commands_are_ci_commands():
-    """The README opens with the two commands .ci/run executes, in the same order."""
-    readme = (ROOT / "README.md").read_text().splitlines()
-    block = readme[readme.index("```bash") + 1:readme.index("```")]
-    cmds = [line for line in block if line and not line.startswith("#")]
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert len(cmds) == 2 and all(c in ci for c in cmds)
-    assert ci.index(cmds[0]) < ci.index(cmds[1])
+_CACHE_PROBE = """
+import json, tamec.runtime
+from pathlib import Path
+from tamec.runtime import kernels
+fns = [getattr(kernels, n) for n in dir(kernels)]
+print(json.dumps({"pkg": str(Path(tamec.runtime.__file__).resolve().parent),
+                  "paths": sorted({f._cache._cache_path for f in fns if getattr(f, "_cache", None)})}))
+"""
+
+
+def _cache_paths(tmp_path, **env) -> tuple[Path, list[Path]]:
+    base = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    r = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(base, **env), timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["paths"], "no cached kernel found to ask"
+    return Path(doc["pkg"]), [Path(p) for p in doc["paths"]]
+
+
+def test_numba_cache_stays_out_of_the_package(tmp_path):
+    """With NUMBA_CACHE_DIR unset, importing tamec.runtime sends Numba's cache to
+    $XDG_CACHE_HOME/tamec/numba, not into a __pycache__ inside the installed package."""
+    pkg, paths = _cache_paths(tmp_path, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    for p in paths:
+        assert pkg not in p.parents and (tmp_path / "xdg" / "tamec" / "numba") in p.parents, p
+
+
+def test_numba_cache_falls_back_when_the_user_cache_is_unwritable(tmp_path):
+    """An XDG_CACHE_HOME and a HOME that cannot hold a folder (they are files) fall back to the
+    temporary directory, still outside the package."""
+    (tmp_path / "file").write_text("")
+    pkg, paths = _cache_paths(tmp_path, XDG_CACHE_HOME=str(tmp_path / "file"), HOME=str(tmp_path / "file"),
+                              TMPDIR=str(tmp_path))
+    for p in paths:
+        assert pkg not in p.parents and tmp_path in p.parents and (tmp_path / "file") not in p.parents, p

