@@ -55,6 +55,9 @@ def _threshold_label(attrs: dict) -> str:
     """tau, flip and tie of a Threshold, short enough for a node (digests print as n=...)."""
     def short(s: str) -> str:
         s = s.split(">", 1)[-1] if s.startswith("tensor<") else s
+        m = re.match(r"<sha256:\w+ n=(\d+) min=(\S+) max=([^>]+)>", s)  # an elided tensor: its range
+        if m:
+            return f"[{m.group(2)}..{m.group(3)}]"
         return s if len(s) <= 18 else s[:15] + "..."
     return " ".join(f"{k}={short(attrs[k])}" for k in ("tau", "flip", "tie") if k in attrs)
 
