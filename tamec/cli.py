@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,13 @@ def cmd_compile(a) -> int:
         from tamec.files import writable_folder
 
         writable_folder(a.dump_dir, "--dump-dir")
-    m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
-                      stop_after=a.stop_after, check=a.check, tighten=a.tighten,
-                      **({"executor": a.executor} if a.executor else {}))
+    from tamec.report import reporting
+
+    # the report is built from the dumps (in a temporary folder without --dump-dir)
+    with reporting(a.report, a.dump_dir) if a.report else nullcontext(a.dump_dir) as dump_dir:
+        m = tamec.compile(model, a.pipeline, a.input_bounds, dump_dir, print_after=a.print_after,
+                          stop_after=a.stop_after, check=a.check, tighten=a.tighten,
+                          **({"executor": a.executor} if a.executor else {}))
     print(f"compiled {model}")
     print(pass_table(m.history))
     if m.reports.get("bounds"):
@@ -64,6 +69,8 @@ def cmd_compile(a) -> int:
         print(f"\ncheck: {a.check} probe inputs agree with the original model after every pass")
     if a.dump_dir:
         print(f"dumps in {a.dump_dir}/ (NN-<pass>.tir, NN-<pass>.onnx, stats.json)")
+    if a.report:
+        print(f"report: {a.report}")
     return 0
 
 
@@ -132,6 +139,12 @@ def cmd_inspect(a) -> int:
     if not stats_file.is_file():
         raise UsageError(f"{d} has no stats.json", hint="make one with `tamec compile MODEL --dump-dir DIR`")
     data = json.loads(stats_file.read_text())
+    if a.html:
+        from tamec.report import write_report
+
+        res = write_report(d, a.html)
+        print(f"report: {res['path']} ({res['bytes'] / 1e6:.2f} MB, {res['passes']} passes)")
+        return 0
     if a.block is not None:
         return _inspect_block(d, a.block, a.plot)
     if a.plot:
@@ -396,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--executor", metavar="processes|threads|dask://HOST:PORT",
                    help="dualize pass: where the per-block dual computations run (default processes; "
                         "dask://HOST:PORT maps them over a Dask distributed scheduler, pip install \"tamec[dask]\")")
+    c.add_argument("--report", metavar="R.html", help="write the whole compile as one self-contained HTML page "
+                   "(every pass's graph and diff, probe checks, bounds, MIP blocks, certificates)")
     c.set_defaults(fn=cmd_compile)
 
     r = sub.add_parser("run", help="run a model on .npy inputs", description="Compile MODEL and run it on inputs.")
@@ -412,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "certificate (needs certificates.json)")
     i.add_argument("--plot", metavar="OUT.png", help="with --block: plot the block's dual functions and its value "
                    "function along a direction of the right-hand side (matplotlib)")
+    i.add_argument("--html", metavar="R.html", help="write the dump folder as one self-contained HTML report")
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("diff", help="diff two .tir dumps by stable op id",

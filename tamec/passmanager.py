@@ -123,13 +123,17 @@ class Probe:
             for name in g.outputs:
                 bad = _differs(ref[name], got[name], g.values[name].domain.is_integer)
                 if bad:
-                    raise CheckMismatchError(
+                    where, first = self._first_divergence(g, feeds)
+                    err = CheckMismatchError(
                         f"after pass {pass_name}: output %{name} differs from {self.reference_name} "
-                        f"({bad}); {self._first_divergence(g, feeds)}",
+                        f"({bad}); {where}",
                         hint="this is a bug in the pass; rerun with --dump-dir and report the dumps")
+                    # what a viewer highlights (stats.json, the HTML report)
+                    err.divergence = {"pass": pass_name, "output": name, "output_diff": bad, **first}
+                    raise err
         return len(self.batches)
 
-    def _first_divergence(self, g: Graph, feeds) -> str:
+    def _first_divergence(self, g: Graph, feeds) -> tuple[str, dict]:
         from tamec.evaluator import Evaluator
 
         before = Evaluator(self.reference_graph).run(feeds, keep_all=True)
@@ -140,8 +144,10 @@ class Probe:
                     bad = _differs(before[o], after[o], g.values[o].domain.is_integer)
                     if bad:
                         return (f"first diverging tensor %{o} ({bad}), produced by op {op.id} "
-                                f"({op.qualname}) from ONNX node(s) {', '.join(op.origin) or '?'}")
-        return "no shared intermediate tensor diverges; only the outputs do"
+                                f"({op.qualname}) from ONNX node(s) {', '.join(op.origin) or '?'}",
+                                {"tensor": o, "diff": bad, "op": op.id, "op_type": op.qualname,
+                                 "origin": list(op.origin)})
+        return "no shared intermediate tensor diverges; only the outputs do", {"tensor": None, "op": None}
 
 
 def _probe_array(rng, shape, dtype, lo, hi, k) -> np.ndarray:
@@ -222,7 +228,14 @@ def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = Non
         module = res.module
         stats = dict(res.stats)
         if probe:
-            stats["check_batches"] = probe.compare(module.graph, name)
+            try:
+                stats["check_batches"] = probe.compare(module.graph, name)
+            except CheckMismatchError as e:  # dump the diverging graph too: it is what to look at
+                stats["check_failed"] = e.divergence
+                module.history.append(PassRecord(name, seconds, res.modified, stats, module.graph.op_counts()))
+                _after(module, name, k, None, dump, out)
+                _write_stats(module, dump)
+                raise
         module.history.append(PassRecord(name, seconds, res.modified, stats, module.graph.op_counts()))
         _after(module, name, k, print_after, dump, out)
         if stop_after == name:

@@ -127,15 +127,11 @@ def block_data(entry: dict, keys: int = 3, points: int = 241) -> list[dict]:
     return panels
 
 
-def plot_block(entry: dict, out, keys: int = 3, points: int = 241) -> dict:
-    """Draw `block_data(entry)` to the PNG `out`; returns {"path", "block", "panels"} (the arrays drawn)."""
+def block_figure(entry: dict, keys: int = 3, points: int = 241):
+    """The matplotlib Figure of `block_data(entry)` (two panels per key: g = +1, -1) and the panels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(out)
-    if not path.parent.is_dir():  # before any work: the figure takes a second to draw
-        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist",
-                         hint="pick a writable path for --plot")
     panels = block_data(entry, keys, points)
     rows = len(panels) // 2
     fig = Figure(figsize=(10, 3.2 * rows), layout="constrained")
@@ -155,6 +151,16 @@ def plot_block(entry: dict, out, keys: int = 3, points: int = 241) -> dict:
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     fig.suptitle(f"block {entry.get('block')}: dual functions and value function along d(t) = b + t e")
+    return fig, panels
+
+
+def plot_block(entry: dict, out, keys: int = 3, points: int = 241) -> dict:
+    """Draw `block_data(entry)` to the PNG `out`; returns {"path", "block", "panels"} (the arrays drawn)."""
+    path = Path(out)
+    if not path.parent.is_dir():  # before any work: the figure takes a second to draw
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist",
+                         hint="pick a writable path for --plot")
+    fig, panels = block_figure(entry, keys, points)
     try:
         fig.savefig(path, format="png", dpi=90)
     except OSError as e:

@@ -270,3 +270,17 @@ def diff_graphs(a: Graph, b: Graph) -> list[str]:
 def diff_text(a_text: str, b_text: str) -> list[str]:
     """The changes between two text dumps (digests allowed), in the same format as `diff_graphs`."""
     return _compare(_snapshot_text(a_text), _snapshot_text(b_text))
+
+
+def snapshot_text(text: str) -> _Snapshot:
+    """A text dump read into what `diff_text` compares: header, values by `%name`, ops by id with
+    type, inputs, outputs, attributes and origin as printed (the HTML report draws from it)."""
+    return _snapshot_text(text)
+
+
+def diff_snapshots(a: _Snapshot, b: _Snapshot) -> tuple[list[str], dict[str, list[str]]]:
+    """`diff_text`'s lines for two snapshots, and the ids of the ops removed, added and changed,
+    decided by the same comparison as the lines (so a viewer highlights what `tamec diff` prints)."""
+    ops = {"removed": [i for i in a.ops if i not in b.ops], "added": [i for i in b.ops if i not in a.ops],
+           "changed": [i for i, op in b.ops.items() if i in a.ops and a.ops[i] != op]}
+    return _compare(a, b), ops
