@@ -20,7 +20,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import tamec
-from tamec.report import write_report
+from tamec.drivers.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

@@ -53,7 +53,7 @@ def cmd_compile(a) -> int:
         from tamec.files import writable_folder
 
         writable_folder(a.dump_dir, "--dump-dir")
-    from tamec.report import reporting
+    from tamec.drivers.report import reporting
 
     # the report is built from the dumps (in a temporary folder without --dump-dir)
     with reporting(a.report, a.dump_dir) if a.report else nullcontext(a.dump_dir) as dump_dir:
@@ -140,7 +140,7 @@ def cmd_inspect(a) -> int:
         raise UsageError(f"{d} has no stats.json", hint="make one with `tamec compile MODEL --dump-dir DIR`")
     data = json.loads(stats_file.read_text())
     if a.html:
-        from tamec.report import write_report
+        from tamec.drivers.report import write_report
 
         res = write_report(d, a.html)
         print(f"report: {res['path']} ({res['bytes'] / 1e6:.2f} MB, {res['passes']} passes)")

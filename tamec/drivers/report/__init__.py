@@ -24,8 +24,8 @@ def check_writable(out) -> Path:
 
 def write_report(dump_dir, out) -> dict:
     """Write the report of the dump folder `dump_dir` to `out`; returns {"path", "bytes", "passes"}."""
-    from tamec.report.collect import collect
-    from tamec.report.page import render
+    from tamec.drivers.report.collect import collect
+    from tamec.drivers.report.page import render
 
     path = check_writable(out)
     data = collect(dump_dir)

@@ -11,7 +11,7 @@ import json
 from html import escape
 from importlib.resources import files
 
-from tamec.report.charts import bounds_chart, dual_chart
+from tamec.drivers.report.charts import bounds_chart, dual_chart
 
 
 def _e(x) -> str:
@@ -146,7 +146,7 @@ def _passes(data: dict) -> str:
 
 def render(data: dict) -> str:
     """The whole page for `collect(dump_dir)`."""
-    res = files("tamec.report")
+    res = files("tamec.drivers.report")
     css, js = (res / "report.css").read_text(), (res / "report.js").read_text()
     if data["failed"]:
         data["failed"]["index"] = next((p["index"] for p in data["passes"] if p["verdict"] == "diverged"), "")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tamec.errors import UsageError
 from tamec.ir.diff import diff_snapshots, snapshot_text
-from tamec.report.layout import layered_layout
+from tamec.drivers.report.layout import layered_layout
 
 _DUMP = re.compile(r"(\d+)-(.+)\.tir\Z")
 _LONG = 240  # attribute / constant strings longer than this are cut in the page (the .tir has them whole)
@@ -141,7 +141,7 @@ def key_stats(stats: dict) -> str:
 
 
 def collect(dump_dir) -> dict:
-    """Everything the page shows, as JSON-ready data (charts are added by `tamec.report.page`)."""
+    """Everything the page shows, as JSON-ready data (charts are added by `tamec.drivers.report.page`)."""
     d = Path(dump_dir)
     stats_file = d / "stats.json"
     if not stats_file.is_file():
