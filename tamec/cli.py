@@ -265,11 +265,21 @@ def cmd_fit_mip(a) -> int:
 
 
 def cmd_verify(a) -> int:
+    from tamec.errors import Interrupted
     from tamec.verify import verify
 
     x = _load_array(a.input)
-    res = verify(a.model, x, a.eps, norm=a.norm, label=a.label, time_limit=a.time_limit,
-                 node_limit=a.node_limit, sample=not a.no_sample)
+    try:
+        res = verify(a.model, x, a.eps, norm=a.norm, label=a.label, time_limit=a.time_limit,
+                     node_limit=a.node_limit, sample=not a.no_sample, progress=not a.quiet)
+    except Interrupted as e:  # Ctrl-C: the classes decided so far, then exit 130
+        _print_verify(a, e.partial)
+        print("tamec: interrupted", file=sys.stderr)
+        return 130
+    return _print_verify(a, res)
+
+
+def _print_verify(a, res) -> int:
     if res.counterexample is not None and a.counterexample_out:
         try:
             np.save(a.counterexample_out, res.counterexample)
@@ -278,7 +288,8 @@ def cmd_verify(a) -> int:
     if a.json:
         print(json.dumps(res.to_json(), indent=2))
         return 0
-    print(f"{res.answer}: label {res.label}, {a.norm} ball of radius {a.eps:g}"
+    print(f"{res.answer}{' (interrupted)' if res.interrupted else ''}: label {res.label}, "
+          f"{a.norm} ball of radius {a.eps:g}"
           + (f" -> class {res.counterexample_label}" if res.counterexample_label is not None else "")
           + f" ({res.seconds:.2f} s)")
     if res.per_class:
@@ -416,8 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--eps", type=float, required=True, help="radius (a count of bits for --norm bits)")
     v.add_argument("--norm", choices=["linf", "bits"], default="linf")
     v.add_argument("--label", type=int, help="the class to hold (default: the prediction on X)")
-    v.add_argument("--time-limit", type=float, metavar="S", help="HiGHS time limit per class (seconds)")
+    v.add_argument("--time-limit", type=float, metavar="S", help="time budget of the whole verification (seconds; "
+                   "each class's HiGHS solve gets what is left, classes reached with none left are unknown)")
     v.add_argument("--node-limit", type=int, metavar="N", help="HiGHS node limit per class")
+    v.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a "
+                   "terminal)")
     v.add_argument("--no-sample", action="store_true", help="skip the sampling search; answer from the MIP only")
     v.add_argument("--json", action="store_true", help="print the answer as JSON")
     v.add_argument("--counterexample-out", metavar="CEX.npy", help="write the counterexample here")
@@ -489,13 +503,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        return _leave(args.fn(args))
     except TamecError as e:
         print(f"tamec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tamec: interrupted", file=sys.stderr)
-        return 130
+        return _leave(130)
+
+
+def _leave(code: int) -> int:
+    """`code`, or exit at once when a HiGHS solve that ignored Ctrl-C is still running in a worker
+    thread (tamec.solve): a normal exit would destroy its running C++ threads and abort."""
+    solve = sys.modules.get("tamec.solve")
+    if solve is not None and solve.ABANDONED:
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
