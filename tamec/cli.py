@@ -241,7 +241,19 @@ def cmd_fit_mip(a) -> int:
         arch = found
         print(f"architecture {'-'.join(map(str, arch))} taken from {a.model}")
     arch = arch or [64, 16, 10]
-    rep = fit_mip(arch, a.data, a.per_class, a.time_limit, a.seed, a.out, warm_start=a.warm_start)
+    from tamec.errors import Interrupted
+
+    try:
+        rep = fit_mip(arch, a.data, a.per_class, a.time_limit, a.seed, a.out, warm_start=a.warm_start,
+                      progress=not a.quiet)
+    except Interrupted as e:  # Ctrl-C: the incumbent's network and the bound, then exit 130
+        _print_fit(a, arch, e.partial)
+        print("tamec: interrupted", file=sys.stderr)
+        return 130
+    return _print_fit(a, arch, rep)
+
+
+def _print_fit(a, arch, rep) -> int:
     m, g = rep.mip, rep.gradient
     acc = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     gap = "-" if m["gap"] is None else f"{m['gap']:.1%}"
@@ -413,11 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--arch", metavar="64-16-10", help="layer widths (default 64-16-10)")
     f.add_argument("--data", default="digits", help="dataset (digits: sklearn's 8x8 digits)")
     f.add_argument("--per-class", type=int, default=5, metavar="K", help="training examples per class (default 5)")
-    f.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="solver time limit (default 60)")
+    f.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="HiGHS time limit in seconds "
+                   "(default 60); Ctrl-C stops it early and keeps the incumbent")
     f.add_argument("--seed", type=int, default=0, help="seed of the example draw and the gradient baseline")
     f.add_argument("--out", default="tamec-fit-mip", metavar="DIR", help="output folder (default tamec-fit-mip)")
-    f.add_argument("--warm-start", choices=["none", "gradient"], default="none",
-                   help="give HiGHS the gradient-trained network as its first incumbent (default none)")
+    f.add_argument("--warm-start", choices=["none", "gradient"], default="gradient",
+                   help="gradient (default): give HiGHS the gradient-trained network as its first incumbent, "
+                        "so the MIP can only improve its hinge loss; none: HiGHS starts from nothing (and "
+                        "rarely beats tied scores within a minute)")
+    f.add_argument("--quiet", action="store_true", help="no progress line (there is none when stderr is not a "
+                   "terminal)")
     f.set_defaults(fn=cmd_fit_mip)
     v = sub.add_parser("verify", help="is the prediction constant over a ball around an input?",
                        description="Answer robust, counterexample (written and checked on the network) or "
