@@ -49,7 +49,7 @@ def cmd_compile(a) -> int:
 
     model = a.model or tamec.default_model()
     m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
-                      stop_after=a.stop_after, check=a.check, tighten=a.tighten,
+                      stop_after=a.stop_after, check=a.check, tighten=a.tighten, force=a.force,
                       **({"executor": a.executor} if a.executor else {}))
     print(f"compiled {model}")
     print(pass_table(m.history))
@@ -59,7 +59,8 @@ def cmd_compile(a) -> int:
     if a.check:
         print(f"\ncheck: {a.check} probe inputs agree with the original model after every pass")
     if a.dump_dir:
-        print(f"dumps in {a.dump_dir}/ (NN-<pass>.tir, NN-<pass>.onnx, stats.json)")
+        print(f"dumps in {a.dump_dir}/ (NN-<pass>.tir, NN-<pass>.onnx, stats.json; each MIP once, as "
+              "NN-<pass>.mip.tir and .mps of the pass that made it)")
     return 0
 
 
@@ -384,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pipeline", help="comma-separated pass names (default: %s)" % ",".join(DEFAULT_PIPELINE))
     c.add_argument("--input-bounds", metavar="LO:HI", help="input box for the bounds pass (or name=LO:HI,...)")
     c.add_argument("--dump-dir", metavar="DIR", help="write NN-<pass>.tir, NN-<pass>.onnx and stats.json")
+    c.add_argument("--force", action="store_true", help="reuse a --dump-dir that holds another model's dump "
+                   "(tamec's own NN-<pass>.* files there are replaced; other files are kept)")
     c.add_argument("--print-after", metavar="PASS|all", help="print the IR after this pass (or all)")
     c.add_argument("--stop-after", metavar="PASS", help="stop the pipeline after this pass")
     c.add_argument("--check", type=int, default=0, metavar="N",
