@@ -47,10 +47,20 @@ def bounds_table(report: list[dict]) -> str:
 def cmd_compile(a) -> int:
     import tamec
 
+    from tamec.errors import Interrupted
+
     model = a.model or tamec.default_model()
-    m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
-                      stop_after=a.stop_after, check=a.check, tighten=a.tighten, force=a.force,
-                      **({"executor": a.executor} if a.executor else {}))
+    try:
+        m = tamec.compile(model, a.pipeline, a.input_bounds, a.dump_dir, print_after=a.print_after,
+                          stop_after=a.stop_after, check=a.check, tighten=a.tighten, force=a.force,
+                          **({"executor": a.executor} if a.executor else {}))
+    except Interrupted as e:  # Ctrl-C in LP tightening: the layers tightened so far, then exit 130
+        rows = [[r["op"], r["neurons"], r["lps"], f"{r['seconds']:.2f}", r["skipped"] or "done"]
+                for r in e.partial or []]
+        print(f"interrupted compiling {model} in LP tightening; layers so far (their bounds are not kept):")
+        print(_table(rows, ["threshold layer", "neurons", "LPs", "s", "status"]))
+        print("tamec: interrupted", file=sys.stderr)
+        return 130
     print(f"compiled {model}")
     print(pass_table(m.history))
     if m.reports.get("bounds"):
