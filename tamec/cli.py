@@ -546,7 +546,7 @@ def _leave(code: int) -> int:
     """`code`, or exit at once when a HiGHS solve that ignored Ctrl-C is still running in a worker
     thread (tamec.solve): a normal exit would destroy its running C++ threads and abort."""
     solve = sys.modules.get("tamec.solve")
-    if solve is not None and solve.ABANDONED:
+    if solve is not None and any(not done.is_set() for _, done in solve.ABANDONED):
         import os
 
         sys.stdout.flush()

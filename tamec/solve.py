@@ -13,6 +13,7 @@ option overshoots (presolve and the root LP run past it by a second or more).
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from dataclasses import dataclass
@@ -109,7 +110,15 @@ class Progress:
 
 
 GRACE = 1.0  # seconds HiGHS gets to return after Ctrl-C or its deadline before tamec stops waiting
-ABANDONED: list = []  # HiGHS instances still running in a worker: the process must end by os._exit
+ABANDONED: list = []  # (Highs, done Event) of workers still running HiGHS after tamec stopped waiting
+
+
+@atexit.register
+def _await_abandoned() -> None:
+    """Wait (bounded) for abandoned HiGHS workers, told to stop, to reach their next callback:
+    exiting while HiGHS's C++ threads run aborts the process. The CLI skips this by os._exit."""
+    for _, done in ABANDONED:
+        done.wait(120)
 
 
 def _run(h, deadline: float | None, progress: Callable[[Progress], None] | None) -> dict:
@@ -168,7 +177,7 @@ def _run(h, deadline: float | None, progress: Callable[[Progress], None] | None)
             state["user"] = state["stop"] = True  # HiGHS stops at its next callback, incumbent kept
             state["abandoned"] = not done.wait(GRACE)
         if state["abandoned"]:
-            ABANDONED.append(h)  # kept alive: the worker still uses it
+            ABANDONED.append((h, done))  # h kept alive: the worker still uses it
             break
     return state
 

@@ -48,8 +48,8 @@ def test_verify_ctrl_c_exits_130_with_partial_result(tmp_path):
     assert time.perf_counter() - t0 < 5
     assert proc.returncode == 130, (out, err)
     assert out.startswith("unknown (interrupted): label"), out
-    row = out.splitlines()[3].split()  # class 0: status, incumbent, bound, nodes, seconds
-    assert row[:2] == ["0", "interrupted"] and float(row[2]) < 0 < float(row[3]), row
+    row = out.splitlines()[3].split()  # class 0: status, incumbent (the input itself), bound or "-"
+    assert row[:2] == ["0", "interrupted"] and float(row[2]) < 0, row
     assert "classes none decided" in out
     assert err.strip().endswith("tamec: interrupted")
 
