@@ -692,7 +692,8 @@ def export_mnist1d_bnn(name="mnist1d_bnn.onnx", widths=(40, 256, 256, 10), seed=
     rs = np.random.RandomState(seed)
     ds = load_dataset("mnist1d")
     assert ds.input_shape == (widths[0],)
-    W = [rs.uniform(-1, 1, (b, a)).astype(np.float32) / np.float32(np.sqrt(a)) for a, b in zip(widths[:-1], widths[1:])]
+    W = [rs.uniform(-1, 1, (b, a)).astype(np.float32) / np.float32(np.sqrt(a))
+         for a, b in zip(widths[:-1], widths[1:])]
     for w in W:
         w[w == 0] = 1e-3  # no exact-zero latent weight (sign(0) = 0)
     mean = [np.zeros(b, np.float32) for b in widths[1:]]
@@ -730,8 +731,8 @@ def export_mnist1d_bnn(name="mnist1d_bnn.onnx", widths=(40, 256, 256, 10), seed=
                   numpy_helper.from_array(np.zeros(b, np.float32), f"{bn}.bias"),
                   numpy_helper.from_array(mean[k], f"{bn}.running_mean"),
                   numpy_helper.from_array(var[k], f"{bn}.running_var")]
-    g = helper.make_graph(nodes, "main_graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", widths[0]])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", widths[-1]])], inits)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", w]) for n, w in (("x", widths[0]), ("y", widths[-1]))]
+    g = helper.make_graph(nodes, "main_graph", io[:1], io[1:], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="tamec make_models.py")
     m.ir_version = 7
     onnx.save(m, out_path(name))

@@ -13,7 +13,8 @@ MIP_PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,l
 def test_each_mip_written_once(tmp_path, capsys):
     """lower-mip makes the MIP and tame-check keeps it: one .mps and one .mip.tir, and stats.json
     points both passes at lower-mip's files."""
-    assert main(["compile", str(MODELS / "mlp_sign.onnx"), "--pipeline", MIP_PIPELINE, "--dump-dir", str(tmp_path)]) == 0
+    model = str(MODELS / "mlp_sign.onnx")
+    assert main(["compile", model, "--pipeline", MIP_PIPELINE, "--dump-dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.mps")) == ["06-lower-mip.mps"]
     assert sorted(p.name for p in tmp_path.glob("*.mip.tir")) == ["06-lower-mip.mip.tir"]
     stats = json.loads((tmp_path / "stats.json").read_text())
