@@ -324,7 +324,10 @@ def _claim_dump(dump: Path, source: str | None, force: bool) -> None:
         raise UsageError(f"cannot clear dump folder {dump}: {e.strerror}", hint="pick a writable --dump-dir") from None
 
 
-def _after(module: Module, name: str, k: int, print_after, dump: Path | None, out, mips: dict) -> None:
+def _after(module: Module, name: str, k: int, print_after, dump: Path | None, out, mips: dict | None = None) -> None:
+    """Print and dump after pass `name`; `mips` (pass -> dump stem of its MIP) is updated so each
+    MIP is written once."""
+    mips = {} if mips is None else mips
     mip = getattr(module, "mip", None)
     if print_after in ("all", name):
         out.write(f"// ----- AFTER {name} -----\n{print_graph(module.graph)}")
