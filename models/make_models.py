@@ -679,12 +679,82 @@ def export_train_bnn(name):
     describe(name)
 
 
+def export_mnist1d_bnn(name="mnist1d_bnn.onnx", widths=(40, 256, 256, 10), seed=8):
+    """The training model for `tamec train --data mnist1d`, written with onnx.helper in exactly
+    the graph torch.onnx.export gives TrainBNN above (Sign(latent) -> Transpose -> MatMul ->
+    BatchNormalization -> Sign, same node and tensor names, opset 13, IR 7), so it needs no torch.
+    Latents are torch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from
+    np.random.RandomState(seed); BN gamma 1, beta 0 and running statistics from 10 batches of 128
+    mnist1d training signals (make_dataset, generated locally), as calibrate_bn gives them:
+    running = 0.9 running + 0.1 batch, with the unbiased batch variance."""
+    from tamec.drivers.data import load_dataset
+
+    rs = np.random.RandomState(seed)
+    ds = load_dataset("mnist1d")
+    assert ds.input_shape == (widths[0],)
+    W = [rs.uniform(-1, 1, (b, a)).astype(np.float32) / np.float32(np.sqrt(a))
+         for a, b in zip(widths[:-1], widths[1:])]
+    for w in W:
+        w[w == 0] = 1e-3  # no exact-zero latent weight (sign(0) = 0)
+    mean = [np.zeros(b, np.float32) for b in widths[1:]]
+    var = [np.ones(b, np.float32) for b in widths[1:]]
+    eps = np.float32(1e-5)
+    perm = rs.permutation(len(ds.x_train))
+    for i in range(0, 1280, 128):  # train-mode passes: normalize with the batch's own statistics
+        h = ds.x_train[perm[i:i + 128]]
+        for k, w in enumerate(W):
+            z = h @ np.sign(w).T
+            mu, v = z.mean(0), z.var(0, ddof=1)
+            mean[k] = (np.float32(0.9) * mean[k] + np.float32(0.1) * mu).astype(np.float32)
+            var[k] = (np.float32(0.9) * var[k] + np.float32(0.1) * v).astype(np.float32)
+            h = np.sign((z - mu) / np.sqrt(z.var(0) + eps))
+    nodes, inits, src = [], [], "x"
+    for k, w in enumerate(W):
+        fc, bn = f"fcs.{k}", f"bns.{k}"
+        inits.append(numpy_helper.from_array(w, f"{fc}.weight"))
+        nodes += [helper.make_node("Sign", [f"{fc}.weight"], [f"/{fc}/Sign_output_0"], name=f"/{fc}/Sign"),
+                  helper.make_node("Transpose", [f"/{fc}/Sign_output_0"], [f"/{fc}/Transpose_output_0"],
+                                   name=f"/{fc}/Transpose", perm=[1, 0]),
+                  helper.make_node("MatMul", [src, f"/{fc}/Transpose_output_0"], [f"/{fc}/MatMul_output_0"],
+                                   name=f"/{fc}/MatMul")]
+        last = k == len(W) - 1
+        out = "y" if last else f"/{bn}/BatchNormalization_output_0"
+        nodes.append(helper.make_node("BatchNormalization", [f"/{fc}/MatMul_output_0", f"{bn}.weight", f"{bn}.bias",
+                                      f"{bn}.running_mean", f"{bn}.running_var"], [out],
+                                      name=f"/{bn}/BatchNormalization", epsilon=1e-5, momentum=0.9))
+        if not last:
+            src = "/Sign_output_0" if k == 0 else f"/Sign_{k}_output_0"
+            nodes.append(helper.make_node("Sign", [out], [src], name=src[:-len("_output_0")]))
+    for k, b in enumerate(widths[1:]):
+        bn = f"bns.{k}"
+        inits += [numpy_helper.from_array(np.ones(b, np.float32), f"{bn}.weight"),
+                  numpy_helper.from_array(np.zeros(b, np.float32), f"{bn}.bias"),
+                  numpy_helper.from_array(mean[k], f"{bn}.running_mean"),
+                  numpy_helper.from_array(var[k], f"{bn}.running_var")]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", w]) for n, w in (("x", widths[0]), ("y", widths[-1]))]
+    g = helper.make_graph(nodes, "main_graph", io[:1], io[1:], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="tamec make_models.py")
+    m.ir_version = 7
+    onnx.save(m, out_path(name))
+    print(f"\n== {name}: onnx.helper in torch.onnx.export's shape of TrainBNN, {'-'.join(map(str, widths))}, "
+          f"fresh init, BN calibrated on mnist1d (seed {seed})")
+    check_onnx(name)
+    x = ds.x_test[:300]
+    h = x
+    for k, w in enumerate(W):
+        z = (h @ np.sign(w).T - mean[k]) / np.sqrt(var[k] + eps)
+        h = z if k == len(W) - 1 else np.sign(z)
+    check_close("onnxruntime (ORT_DISABLE_ALL) vs NumPy, 300 mnist1d test signals",
+                ort_run(name, x, optimize=False)[0], h)
+    describe(name)
+
+
 def main(argv=None):
     """`python models/make_models.py [NAME.onnx ...]`: all models, or only the named ones."""
     names = list(sys.argv[1:] if argv is None else argv)
     makers = {"tfc_w1a1_qonnx.onnx": export_tfc, "mlp_sign.onnx": export_mlp_sign,
               "cnn_sign.onnx": export_cnn_sign, "larq_sign.onnx": export_larq_sign,
-              "sign_ties.onnx": export_sign_ties}
+              "sign_ties.onnx": export_sign_ties, "mnist1d_bnn.onnx": export_mnist1d_bnn}
     makers["tfc_w1a1_qonnx_dynamo.onnx"] = export_tfc  # one function writes both TFC files
     for name in TRAIN_MODELS:
         makers[name] = lambda name=name: export_train_bnn(name)

@@ -250,11 +250,10 @@ def lr_at(cfg: TrainConfig, base: float, step: int, total: int) -> float:
 
 
 def _resolve_model(model, data: str) -> str:
-    if model is None:  # the bundled model of the dataset: mnist_bnn for mnist5k, else digits_bnn
+    if model is None:  # the bundled model of the dataset (tamec.drivers.data.TRAIN_MODELS), else digits_bnn
         from tamec.drivers.data import default_train_model
 
-        path = Path(default_train_model())
-        return str(path.with_name("mnist_bnn.onnx") if data == "mnist5k" else path)
+        return default_train_model(data)
     if not Path(model).is_file():
         raise UsageError(f"no model file {model}", hint="pass an ONNX file, or no MODEL for the bundled digits_bnn.onnx")
     return str(model)

@@ -52,16 +52,17 @@ def load(model) -> Module:
 
 
 def compile(model, pipeline=None, input_bounds=None, dump_dir=None, *, print_after=None,
-            stop_after=None, check: int = 0, out=None, **options) -> Module:
+            stop_after=None, check: int = 0, out=None, force: bool = False, **options) -> Module:
     """Import `model` and run `pipeline` (default: the graph pipeline) on it.
 
     `check=N` runs N probe inputs after every pass and compares with the original model
-    (onnxruntime when it can run it); `dump_dir` writes NN-<pass>.tir/.onnx and stats.json.
+    (onnxruntime when it can run it); `dump_dir` writes NN-<pass>.tir/.onnx and stats.json
+    (a folder holding another model's dump is refused unless `force`).
     Other keyword options go to the passes (e.g. `tighten="lp"` for the bounds pass)."""
     module = load(model)
     ctx = PassContext(input_bounds=parse_bounds(input_bounds), options=options)
     return run_pipeline(module, pipeline, ctx=ctx, print_after=print_after, stop_after=stop_after,
-                        dump_dir=dump_dir, check=check, original=model, out=out)
+                        dump_dir=dump_dir, check=check, original=model, out=out, force=force)
 
 
 @dataclass(frozen=True)

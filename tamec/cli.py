@@ -48,6 +48,8 @@ def bounds_table(report: list[dict]) -> str:
 def cmd_compile(a) -> int:
     import tamec
 
+    from tamec.errors import Interrupted
+
     model = a.model or tamec.default_model()
     if a.dump_dir:  # a read-only folder fails here, before the passes run, not at the first dump
         from tamec.files import writable_folder
@@ -56,10 +58,18 @@ def cmd_compile(a) -> int:
     from tamec.drivers.report import reporting
 
     # the report is built from the dumps (in a temporary folder without --dump-dir)
-    with reporting(a.report, a.dump_dir) if a.report else nullcontext(a.dump_dir) as dump_dir:
-        m = tamec.compile(model, a.pipeline, a.input_bounds, dump_dir, print_after=a.print_after,
-                          stop_after=a.stop_after, check=a.check, tighten=a.tighten,
-                          **({"executor": a.executor} if a.executor else {}))
+    try:
+        with reporting(a.report, a.dump_dir) if a.report else nullcontext(a.dump_dir) as dump_dir:
+            m = tamec.compile(model, a.pipeline, a.input_bounds, dump_dir, print_after=a.print_after,
+                              stop_after=a.stop_after, check=a.check, tighten=a.tighten, force=a.force,
+                              **({"executor": a.executor} if a.executor else {}))
+    except Interrupted as e:  # Ctrl-C in LP tightening: the layers tightened so far, then exit 130
+        rows = [[r["op"], r["neurons"], r["lps"], f"{r['seconds']:.2f}", r["skipped"] or "done"]
+                for r in e.partial or []]
+        print(f"interrupted compiling {model} in LP tightening; layers so far (their bounds are not kept):")
+        print(_table(rows, ["threshold layer", "neurons", "LPs", "s", "status"]))
+        print("tamec: interrupted", file=sys.stderr)
+        return 130
     print(f"compiled {model}")
     print(pass_table(m.history))
     if m.reports.get("bounds"):
@@ -68,7 +78,8 @@ def cmd_compile(a) -> int:
     if a.check:
         print(f"\ncheck: {a.check} probe inputs agree with the original model after every pass")
     if a.dump_dir:
-        print(f"dumps in {a.dump_dir}/ (NN-<pass>.tir, NN-<pass>.onnx, stats.json)")
+        print(f"dumps in {a.dump_dir}/ (NN-<pass>.tir, NN-<pass>.onnx, stats.json; each MIP once, as "
+              "NN-<pass>.mip.tir and .mps of the pass that made it)")
     if a.report:
         print(f"report: {a.report}")
     return 0
@@ -278,7 +289,19 @@ def cmd_fit_mip(a) -> int:
         arch = found
         print(f"architecture {'-'.join(map(str, arch))} taken from {a.model}")
     arch = arch or [64, 16, 10]
-    rep = fit_mip(arch, a.data, a.per_class, a.time_limit, a.seed, a.out, warm_start=a.warm_start)
+    from tamec.errors import Interrupted
+
+    try:
+        rep = fit_mip(arch, a.data, a.per_class, a.time_limit, a.seed, a.out, warm_start=a.warm_start,
+                      progress=not a.quiet)
+    except Interrupted as e:  # Ctrl-C: the incumbent's network and the bound, then exit 130
+        _print_fit(a, arch, e.partial)
+        print("tamec: interrupted", file=sys.stderr)
+        return 130
+    return _print_fit(a, arch, rep)
+
+
+def _print_fit(a, arch, rep) -> int:
     m, g = rep.mip, rep.gradient
     acc = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     gap = "-" if m["gap"] is None else f"{m['gap']:.1%}"
@@ -303,10 +326,20 @@ def cmd_fit_mip(a) -> int:
 
 def cmd_verify(a) -> int:
     from tamec.drivers.verify import verify
+    from tamec.errors import Interrupted
 
     x = _load_array(a.input)
-    res = verify(a.model, x, a.eps, norm=a.norm, label=a.label, time_limit=a.time_limit,
-                 node_limit=a.node_limit, sample=not a.no_sample)
+    try:
+        res = verify(a.model, x, a.eps, norm=a.norm, label=a.label, time_limit=a.time_limit,
+                     node_limit=a.node_limit, sample=not a.no_sample, progress=not a.quiet)
+    except Interrupted as e:  # Ctrl-C: the classes decided so far, then exit 130
+        _print_verify(a, e.partial)
+        print("tamec: interrupted", file=sys.stderr)
+        return 130
+    return _print_verify(a, res)
+
+
+def _print_verify(a, res) -> int:
     if res.counterexample is not None and a.counterexample_out:
         try:
             np.save(a.counterexample_out, res.counterexample)
@@ -315,7 +348,8 @@ def cmd_verify(a) -> int:
     if a.json:
         print(json.dumps(res.to_json(), indent=2))
         return 0
-    print(f"{res.answer}: label {res.label}, {a.norm} ball of radius {a.eps:g}"
+    print(f"{res.answer}{' (interrupted)' if res.interrupted else ''}: label {res.label}, "
+          f"{a.norm} ball of radius {a.eps:g}"
           + (f" -> class {res.counterexample_label}" if res.counterexample_label is not None else "")
           + f" ({res.seconds:.2f} s)")
     if res.per_class:
@@ -400,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pipeline", help="comma-separated pass names (default: %s)" % ",".join(DEFAULT_PIPELINE))
     c.add_argument("--input-bounds", metavar="LO:HI", help="input box for the bounds pass (or name=LO:HI,...)")
     c.add_argument("--dump-dir", metavar="DIR", help="write NN-<pass>.tir, NN-<pass>.onnx and stats.json")
+    c.add_argument("--force", action="store_true", help="reuse a --dump-dir that holds another model's dump "
+                   "(tamec's own NN-<pass>.* files there are replaced; other files are kept)")
     c.add_argument("--print-after", metavar="PASS|all", help="print the IR after this pass (or all)")
     c.add_argument("--stop-after", metavar="PASS", help="stop the pipeline after this pass")
     c.add_argument("--check", type=int, default=0, metavar="N",
@@ -445,11 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--arch", metavar="64-16-10", help="layer widths (default 64-16-10)")
     f.add_argument("--data", default="digits", help="dataset (digits: sklearn's 8x8 digits)")
     f.add_argument("--per-class", type=int, default=5, metavar="K", help="training examples per class (default 5)")
-    f.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="solver time limit (default 60)")
+    f.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="HiGHS time limit in seconds "
+                   "(default 60); Ctrl-C stops it early and keeps the incumbent")
     f.add_argument("--seed", type=int, default=0, help="seed of the example draw and the gradient baseline")
     f.add_argument("--out", default="tamec-fit-mip", metavar="DIR", help="output folder (default tamec-fit-mip)")
-    f.add_argument("--warm-start", choices=["none", "gradient"], default="none",
-                   help="give HiGHS the gradient-trained network as its first incumbent (default none)")
+    f.add_argument("--warm-start", choices=["none", "gradient"], default="gradient",
+                   help="gradient (default): give HiGHS the gradient-trained network as its first incumbent, "
+                        "so the MIP can only improve its hinge loss; none: HiGHS starts from nothing (and "
+                        "rarely beats tied scores within a minute)")
+    f.add_argument("--quiet", action="store_true", help="no progress line (there is none when stderr is not a "
+                   "terminal)")
     f.set_defaults(fn=cmd_fit_mip)
     v = sub.add_parser("verify", help="is the prediction constant over a ball around an input?",
                        description="Answer robust, counterexample (written and checked on the network) or "
@@ -459,8 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--eps", type=float, required=True, help="radius (a count of bits for --norm bits)")
     v.add_argument("--norm", choices=["linf", "bits"], default="linf")
     v.add_argument("--label", type=int, help="the class to hold (default: the prediction on X)")
-    v.add_argument("--time-limit", type=float, metavar="S", help="HiGHS time limit per class (seconds)")
+    v.add_argument("--time-limit", type=float, metavar="S", help="time budget of the whole verification (seconds; "
+                   "each class's HiGHS solve gets what is left, classes reached with none left are unknown)")
     v.add_argument("--node-limit", type=int, metavar="N", help="HiGHS node limit per class")
+    v.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a "
+                   "terminal)")
     v.add_argument("--no-sample", action="store_true", help="skip the sampling search; answer from the MIP only")
     v.add_argument("--json", action="store_true", help="print the answer as JSON")
     v.add_argument("--counterexample-out", metavar="CEX.npy", help="write the counterexample here")
@@ -533,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        return _leave(args.fn(args))
     except TamecError as e:
         print(f"tamec: error: {e}", file=sys.stderr)
         return 2
@@ -548,7 +592,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("tamec: interrupted", file=sys.stderr)
-        return 130
+        return _leave(130)
+
+
+def _leave(code: int) -> int:
+    """`code`, or exit at once when a HiGHS solve that ignored Ctrl-C is still running in a worker
+    thread (tamec.solve): a normal exit would destroy its running C++ threads and abort."""
+    solve = sys.modules.get("tamec.solve")
+    if solve is not None and any(not done.is_set() for _, done in solve.ABANDONED):
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

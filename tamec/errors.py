@@ -72,3 +72,14 @@ class UsageError(TamecError):
 
 class OutputError(TamecError):
     """An output file or folder cannot be written (full disk, read-only or missing folder)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a long job (verify, fit-mip, LP tightening). Not a TamecError: nothing was
+    wrong. `partial` holds what was decided before it (e.g. a VerifyResult with the classes
+    settled so far, a FitReport with the incumbent and bound), which the CLI prints before
+    exiting 130; it is a KeyboardInterrupt, so callers that do not look for it stop as usual."""
+
+    def __init__(self, partial=None, message: str = "interrupted"):
+        super().__init__(message)
+        self.partial = partial

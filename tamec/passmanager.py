@@ -180,8 +180,9 @@ def _differs(a, b, exact: bool) -> str:
 def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = None,
                  print_after: str | None = None, stop_after: str | None = None,
                  dump_dir: str | os.PathLike | None = None, check: int = 0, verify: bool = True,
-                 original=None, out: TextIO | None = None) -> Module:
-    """Run the named passes in order with the verifier, probes, printing and dumps around each."""
+                 original=None, out: TextIO | None = None, force: bool = False) -> Module:
+    """Run the named passes in order with the verifier, probes, printing and dumps around each.
+    A `dump_dir` holding another model's dump is refused unless `force` (see `_claim_dump`)."""
     names = parse_pipeline(pipeline)
     if verify:
         from tamec.verifier import verify_graph
@@ -197,19 +198,17 @@ def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = Non
             raise UsageError(f"{flag} {val}: no such pass in the pipeline", hint="pipeline: " + ",".join(names))
     dump = Path(dump_dir) if dump_dir else None
     if dump:
-        try:
-            dump.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot create dump folder {dump}: {e.strerror}", hint="pick a writable --dump-dir") from None
+        _claim_dump(dump, module.source, force)
+    mips: dict[str, str] = {}  # pass -> the dump stem of the MIP it saw (written once per change)
     probe = Probe(module, check, ctx, original) if check else None
     if verify:
         verify_graph(module.graph)
     if not module.history:
         module.history.append(PassRecord("import", module.reports.get("import_seconds", 0.0), True, {},
                                          module.graph.op_counts()))
-    _after(module, "import", 0, print_after, dump, out)
+    _after(module, "import", 0, print_after, dump, out, mips)
     if stop_after == "import":
-        _write_stats(module, dump)
+        _write_stats(module, dump, mips)
         return module
     for k, name in enumerate(names, 1):
         p = get_pass(name)
@@ -237,14 +236,49 @@ def run_pipeline(module: Module, pipeline=None, *, ctx: PassContext | None = Non
                 _write_stats(module, dump)
                 raise
         module.history.append(PassRecord(name, seconds, res.modified, stats, module.graph.op_counts()))
-        _after(module, name, k, print_after, dump, out)
+        _after(module, name, k, print_after, dump, out, mips)
         if stop_after == name:
             break
-    _write_stats(module, dump)
+    _write_stats(module, dump, mips)
     return module
 
 
-def _after(module: Module, name: str, k: int, print_after, dump: Path | None, out) -> None:
+DUMP_FILES = ("[0-9][0-9]-*.tir", "[0-9][0-9]-*.onnx", "[0-9][0-9]-*.mps", "stats.json", "certificates.json")
+
+
+def _claim_dump(dump: Path, source: str | None, force: bool) -> None:
+    """Make `dump` ready for this model's dump: tamec's own files there (NN-<pass>.*, stats.json,
+    certificates.json) are removed, so no file of an earlier run survives to be mixed in; any
+    other file is left alone. Files of another model (stats.json names another source, or
+    NN-* files without one) are refused unless `force`. stats.json is written first, so even an
+    interrupted dump names its model."""
+    try:
+        dump.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create dump folder {dump}: {e.strerror}", hint="pick a writable --dump-dir") from None
+    own = sorted({f for pat in DUMP_FILES for f in dump.glob(pat) if f.is_file()})
+    if not own:
+        return
+    try:
+        previous = json.loads((dump / "stats.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous != source and not force:
+        what = f"the dump of {previous}" if previous else f"{len(own)} dump files of an unknown model"
+        raise UsageError(f"dump folder {dump} holds {what}, not of {source}",
+                         hint="pick another --dump-dir, or add --force to replace tamec's files there")
+    try:
+        for f in own:
+            f.unlink()
+        (dump / "stats.json").write_text(json.dumps({"source": source, "passes": [], "reports": {}}) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot clear dump folder {dump}: {e.strerror}", hint="pick a writable --dump-dir") from None
+
+
+def _after(module: Module, name: str, k: int, print_after, dump: Path | None, out, mips: dict | None = None) -> None:
+    """Print and dump after pass `name`; `mips` (pass -> dump stem of its MIP) is updated so each
+    MIP is written once."""
+    mips = {} if mips is None else mips
     mip = getattr(module, "mip", None)
     if print_after in ("all", name):
         out.write(f"// ----- AFTER {name} -----\n{print_graph(module.graph)}")
@@ -258,18 +292,26 @@ def _after(module: Module, name: str, k: int, print_after, dump: Path | None, ou
         stem = dump / f"{k:02d}-{name}"
         stem.with_suffix(".tir").write_text(print_graph(module.graph))
         save_onnx(module.graph, str(stem) + ".onnx")
-        if mip is not None:  # MIP-stage passes: the MIP IR as text and as the assembled MILP
-            from tamec.export.mps import write_mps
+        if mip is not None:  # MIP-stage passes: the MIP IR as text and as the assembled MILP,
+            from tamec.export.mps import write_mps  # once per MIP: a pass that keeps it points back
             from tamec.ir.text import print_mip
 
-            Path(str(stem) + ".mip.tir").write_text(print_mip(mip))
-            write_mps(mip.assemble(), str(stem) + ".mps", name=name)
+            text = print_mip(mip)
+            last = next(reversed(mips.values()), None)
+            if last is not None and Path(dump / f"{last}.mip.tir").read_text() == text:
+                mips[name] = last
+            else:
+                Path(str(stem) + ".mip.tir").write_text(text)
+                write_mps(mip.assemble(), str(stem) + ".mps", name=Path(module.source or "tamec").stem)
+                mips[name] = stem.name
 
 
-def _write_stats(module: Module, dump: Path | None) -> None:
+def _write_stats(module: Module, dump: Path | None, mips: dict | None = None) -> None:
     if dump:
         data = {"source": module.source, "passes": [r.to_json() for r in module.history],
-                "reports": module.reports}
+                "reports": module.reports,
+                # pass -> the NN-<pass> stem of its MIP's .mip.tir/.mps (written by the pass that made it)
+                "mip_files": mips or {}}
         (dump / "stats.json").write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
         dual, tame = module.reports.get("dualize"), module.reports.get("tame-check")
         if dual or tame:  # one entry per block: its dualize and tame-check reports side by side

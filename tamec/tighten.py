@@ -72,14 +72,30 @@ class LpRelaxation:
 
 
 def tighten(g: Graph, overrides: dict, repropagate, *, time_limit_per_lp: float | None = 5.0,
-            max_seconds: float | None = None) -> list[dict]:
+            max_seconds: float | None = None, progress: bool = True) -> list[dict]:
     """Tighten the bounds of every threshold's pre-activation in `g`, layer by layer: the
     tightened pairs go into `overrides` and `repropagate()` refreshes every Value.bounds
-    downstream before the next layer is lowered. Returns per-layer reports."""
+    downstream before the next layer is lowered. Returns per-layer reports. `progress` shows a
+    bar per neuron on stderr (a terminal only); Ctrl-C raises `tamec.errors.Interrupted` whose
+    `partial` is the reports so far, the interrupted layer's saying how far it got."""
+    from tamec.errors import Interrupted
+
+    reports: list[dict] = []
+    try:
+        _tighten(g, overrides, repropagate, reports, time_limit_per_lp, max_seconds, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(reports) from None
+    return reports
+
+
+def _tighten(g, overrides, repropagate, reports, time_limit_per_lp, max_seconds, progress) -> None:
+    import sys
+
+    from tqdm import tqdm
+
     from tamec.lower.inference import lower_inference, partition
 
     t_start = time.perf_counter()
-    reports = []
     specs = partition(g)
     for k, spec in enumerate(specs):
         if spec.kind != "binarized":
@@ -104,15 +120,25 @@ def tighten(g: Graph, overrides: dict, repropagate, *, time_limit_per_lp: float 
         tau = np.broadcast_to(_tau_of(t, lo0.shape), lo0.shape).reshape(-1)
         lo, hi = lo0.reshape(-1).copy(), hi0.reshape(-1).copy()
         unstable = ~((lo > tau) | (hi < tau) | ~np.isfinite(tau))
-        for j in np.flatnonzero(unstable):
-            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-                rep["skipped"] = f"time budget spent after {rep['lps'] // 2} of {int(unstable.sum())} neurons"
-                break
-            c = np.zeros(p.A.shape[1])
-            c[cols[j]] = 1.0
-            lo[j] = max(lo[j], lp.min_bound(c, time_limit_per_lp))
-            hi[j] = min(hi[j], -lp.min_bound(-c, time_limit_per_lp))
-            rep["lps"] += 2
+        bar = tqdm(np.flatnonzero(unstable), desc=f"tighten {t.id}", unit="neuron", file=sys.stderr, leave=False,
+                   disable=None if progress else True)
+        try:
+            for j in bar:
+                if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                    rep["skipped"] = f"time budget spent after {rep['lps'] // 2} of {int(unstable.sum())} neurons"
+                    break
+                c = np.zeros(p.A.shape[1])
+                c[cols[j]] = 1.0
+                lo[j] = max(lo[j], lp.min_bound(c, time_limit_per_lp))
+                hi[j] = min(hi[j], -lp.min_bound(-c, time_limit_per_lp))
+                rep["lps"] += 2
+        except KeyboardInterrupt:
+            rep["skipped"] = f"interrupted after {rep['lps'] // 2} of {int(unstable.sum())} neurons"
+            rep["seconds"] = time.perf_counter() - t0
+            reports.append(rep)
+            raise
+        finally:
+            bar.close()
         d = v.domain
         if d.kind == "int":  # parity rounding: inward to the lattice
             lo = d.lo + np.ceil((lo - d.lo) / d.step - 1e-9) * d.step
@@ -123,7 +149,6 @@ def tighten(g: Graph, overrides: dict, repropagate, *, time_limit_per_lp: float 
         repropagate()
         rep["seconds"] = time.perf_counter() - t0
         reports.append(rep)
-    return reports
 
 
 def _tau_of(t, shape) -> np.ndarray:

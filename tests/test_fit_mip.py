@@ -223,7 +223,8 @@ def test_cli_fit_mip_smoke(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tamec", "fit-mip", "--arch", "64-8-10", "--per-class", "1",
                         "--time-limit", "5", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    for word in ("method", "train acc", "test acc", "solver status", "gap", "mip (HiGHS)", "gradient (STE)",
+    for word in ("method", "train acc", "test acc", "solver status", "gap", "mip (HiGHS, from gradient)",
+                 "gradient (STE)",
                  str(out / "report.json")):
         assert word in r.stdout
     report = json.loads((out / "report.json").read_text())

@@ -63,11 +63,15 @@ class Dataset:
                 f"{list(self.input_shape)}, {self.classes} classes")
 
 
-def default_train_model() -> str:
-    """The bundled model `tamec train` trains by default (64-256-256-10 BNN for digits)."""
+TRAIN_MODELS = {"digits": "digits_bnn.onnx", "mnist5k": "mnist_bnn.onnx", "mnist1d": "mnist1d_bnn.onnx"}
+
+
+def default_train_model(data: str | None = None) -> str:
+    """The bundled model `tamec train` trains on dataset `data` (default digits: the 64-256-256-10
+    BNN; mnist5k: 784-256-128-10; mnist1d: 40-256-256-10); digits_bnn.onnx for an .npz file."""
     from importlib.resources import files
 
-    return str(files("tamec.models") / "digits_bnn.onnx")
+    return str(files("tamec.models") / TRAIN_MODELS.get(data or DEFAULT, TRAIN_MODELS[DEFAULT]))
 
 
 def load_dataset(name_or_path: str | None = None) -> Dataset:

@@ -257,12 +257,21 @@ def _acc(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 60, seed: int = 0,
-            out_dir=None, *, margin: float = 1.0, epochs: int = 400, warm_start: str = "none") -> FitReport:
+            out_dir=None, *, margin: float = 1.0, epochs: int = 400, warm_start: str = "gradient",
+            progress: bool = True) -> FitReport:
     """Fit `arch` on `per_class` digits per class by the training MIP (HiGHS, `time_limit` seconds)
     and by gradient; write model.onnx and report.json to `out_dir` (if given); see the module doc.
     `warm_start="gradient"` hands HiGHS the gradient-trained network as its first incumbent (the
     MIP is then built without symmetry breaking, so that network is feasible): the MIP can only
-    improve its training hinge loss."""
+    improve its training hinge loss; the default, since from no start HiGHS rarely finds a network
+    better than tied scores within a minute. `progress` shows the incumbent and bound on stderr
+    (a terminal only). Ctrl-C stops HiGHS: the incumbent is decoded and written as at a time
+    limit, then `tamec.errors.Interrupted` is raised with this report as its `partial`."""
+    import sys
+
+    from tqdm import tqdm
+
+    from tamec.errors import Interrupted
     from tamec.solve import solve
 
     arch = parse_arch(arch)
@@ -290,7 +299,20 @@ def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 
     milp = mod.assemble()
     build = time.perf_counter() - t0
     start = encode_solution(layout, milp, gparams) if warm_start == "gradient" else None
-    sol = solve(milp, time_limit=float(time_limit), start=start)
+    bar = tqdm(total=round(float(time_limit)), desc="fit-mip", unit="s", file=sys.stderr, leave=False,
+               disable=None if progress else True, bar_format="{desc}: {n}/{total} s |{bar}| {postfix}")
+
+    def show(pr) -> None:
+        bar.n = min(round(pr.seconds), bar.total)
+        bar.set_postfix_str(f"incumbent {_fmt(pr.primal)}, bound {_fmt(pr.dual)}, {pr.nodes} nodes")
+
+    try:
+        sol = solve(milp, time_limit=float(time_limit), start=start, progress=show)
+    finally:
+        bar.close()
+    if sol.interrupted:
+        notes.append(f"interrupted (Ctrl-C) after {sol.seconds:.1f} s of solving: the incumbent is used"
+                     + ("" if sol.x is not None else ", and there was none"))
     n_int = int(milp.integrality.sum())
     mip = sol.to_json() | {"warm_start": warm_start, "build_seconds": build, "variables": int(milp.shape[1]),
                            "integer_variables": n_int,
@@ -302,7 +324,7 @@ def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 
         notes.append(f"no solution within the time limit ({time_limit:g} s, solver status {sol.status}): "
                      f"no model written{stale}")
     else:
-        if sol.status == "limit":
+        if sol.status in ("limit", "interrupted"):
             notes.append(f"solver stopped at its limit: the best incumbent is used (gap {_fmt(sol.gap)})")
         params = decode_weights(layout, milp, sol.x)
         hidden, scores = forward(params, x)
@@ -341,6 +363,8 @@ def fit_mip(arch, data: str = "digits", per_class: int = 5, time_limit: float = 
         except OSError as e:
             raise UsageError(f"cannot write {rep.report_path}: {e.strerror}",
                              hint="pick a writable output folder") from None
+    if sol.interrupted:
+        raise Interrupted(rep)
     return rep
 
 

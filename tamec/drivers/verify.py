@@ -14,13 +14,14 @@ stable and carry no big-M rows.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from tamec.errors import TamecError, UsageError
+from tamec.errors import Interrupted, TamecError, UsageError
 from tamec.ir.mip import Milp
 
 NORMS = ("linf", "bits")
@@ -37,11 +38,12 @@ class VerifyResult:
     per_class: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""
+    interrupted: bool = False  # Ctrl-C: per_class holds the classes decided before it
 
     def to_json(self) -> dict:
         return {"answer": self.answer, "label": self.label, "eps": self.eps, "norm": self.norm,
                 "counterexample_label": self.counterexample_label, "per_class": self.per_class,
-                "seconds": self.seconds, "note": self.note}
+                "seconds": self.seconds, "note": self.note, "interrupted": self.interrupted}
 
 
 def _add_rows(p: Milp, A: sp.spmatrix, lo, hi, name: str) -> Milp:
@@ -116,10 +118,14 @@ def _ball_milp(g, mip, inp, x, box, eps, norm, lo_dom, hi_dom) -> Milp:
 
 def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int | None = None,
            time_limit: float | None = None, node_limit: int | None = None,
-           margin_tol: float = 1e-6, sample: bool = True) -> VerifyResult:
+           margin_tol: float = 1e-6, sample: bool = True, progress: bool = True) -> VerifyResult:
     """Decide whether the prediction of `model` (path, bytes, ModelProto) is constant over the
     `norm` ball of radius `eps` around the single input `x` (with or without its batch dim).
-    `sample=False` skips the sampling search, so every answer comes from the MIP."""
+    `sample=False` skips the sampling search, so every answer comes from the MIP.
+    `time_limit` is the budget of the whole call in seconds: each HiGHS solve gets what is left
+    (a class reached with nothing left is `limit`, so the answer is unknown, never a guess).
+    `progress` shows a bar per class on stderr when it is a terminal. Ctrl-C raises
+    `tamec.errors.Interrupted` whose `partial` is the result with the classes decided so far."""
     import tamec
     from tamec.evaluator import Evaluator
     from tamec.lower.inference import decode, lower_inference
@@ -184,53 +190,80 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
     # on the strict MIP (gap eps) whose points the network realizes, and always run on the network
     mip = lower_inference(g, eps=0.0, rel_eps=0.0)
     p = _ball_milp(g, mip, inp, x, box, eps, norm, lo_dom, hi_dom)
-    strict = None
     start = encode_solution(mip, p, ev.run(feeds, keep_all=True))
     (oblk, ogrp), = mip.meta["outputs"][g.outputs[0]][:1]
     ocols = p.col(oblk, ogrp)
-    for j in range(len(logits)):
-        if j == c:
-            continue
-        obj = np.zeros(p.A.shape[1])
-        obj[ocols[j]], obj[ocols[c]] = 1.0, -1.0
-        sol = solve(p, time_limit=time_limit, node_limit=node_limit, c=obj, sense="max", start=start)
-        line = 0.0  # j beats c when logit_j - logit_c > 0, or == 0 with j < c
-        entry = {"class": j, **sol.to_json()}
-        res.per_class.append(entry)
-        if sol.status == "infeasible":
-            from tamec.solve import infeasible_row_groups
+    left = (lambda: None) if time_limit is None else (lambda: time_limit - (time.perf_counter() - t0))  # noqa: E731
+    others = [j for j in range(len(logits)) if j != c]
 
-            rows = infeasible_row_groups(mip)
+    def per_class(classes) -> None:
+        """Maximize logit_j - logit_c for each class j, filling `res`; stops at a counterexample."""
+        strict = None
+        for j in classes:
+            obj = np.zeros(p.A.shape[1])
+            obj[ocols[j]], obj[ocols[c]] = 1.0, -1.0
+            sol = solve(p, time_limit=left(), node_limit=node_limit, c=obj, sense="max", start=start)
+            line = 0.0  # j beats c when logit_j - logit_c > 0, or == 0 with j < c
+            entry = {"class": j, **sol.to_json()}
+            res.per_class.append(entry)
+            if sol.interrupted:
+                raise KeyboardInterrupt
+            if sol.status == "infeasible":
+                from tamec.solve import infeasible_row_groups
+
+                rows = infeasible_row_groups(mip)
+                res.answer = "unknown"
+                res.note = ("the MIP of the ball is infeasible (a lowering bug or a numeric issue); conflicting "
+                            "rows: " + "; ".join(f"{b}/{r} (op {op})" for b, r, op in rows))
+                return
+            proven = sol.bound is not None and (sol.bound < line - margin_tol or (j > c and sol.bound <= line))
+            entry["decided"] = proven
+            if proven:
+                continue
+            if sol.x is not None and sol.objective is not None and sol.objective >= line - margin_tol:
+                xc = _point(decode(mip, p, sol.x)[inp], norm, lo_dom, hi_dom).reshape(shape).astype(v.dtype)
+                yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+                if int(np.argmax(yc)) == c:  # a tie artefact of the relaxed MIP: ask the strict one
+                    if strict is None:
+                        smip = lower_inference(g)
+                        strict = (smip, _ball_milp(g, smip, inp, x, box, eps, norm, lo_dom, hi_dom))
+                    smip, sp_ = strict
+                    ssol = solve(sp_, time_limit=left(), node_limit=node_limit, c=obj, sense="max")
+                    entry["strict"] = ssol.to_json()
+                    if ssol.interrupted:
+                        raise KeyboardInterrupt
+                    if ssol.x is not None and ssol.objective is not None and ssol.objective >= line - margin_tol:
+                        xc = _point(decode(smip, sp_, ssol.x)[inp], norm, lo_dom, hi_dom).reshape(shape).astype(v.dtype)
+                        yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+                if int(np.argmax(yc)) != c and _in_ball(xc.reshape(x.shape), x, eps, norm, box):
+                    res.answer, res.counterexample, res.counterexample_label = "counterexample", xc, int(np.argmax(yc))
+                    entry["confirmed"] = entry["decided"] = True
+                    return
+                entry["confirmed"] = False
             res.answer = "unknown"
-            res.note = ("the MIP of the ball is infeasible (a lowering bug or a numeric issue); conflicting rows: "
-                        + "; ".join(f"{b}/{r} (op {op})" for b, r, op in rows))
-            break
-        proven = sol.bound is not None and (sol.bound < line - margin_tol or (j > c and sol.bound <= line))
-        if proven:
-            continue
-        if sol.x is not None and sol.objective is not None and sol.objective >= line - margin_tol:
-            xc = _point(decode(mip, p, sol.x)[inp], norm, lo_dom, hi_dom).reshape(shape).astype(v.dtype)
-            yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
-            if int(np.argmax(yc)) == c:  # a tie artefact of the relaxed MIP: ask the strict one
-                if strict is None:
-                    smip = lower_inference(g)
-                    strict = (smip, _ball_milp(g, smip, inp, x, box, eps, norm, lo_dom, hi_dom))
-                smip, sp_ = strict
-                ssol = solve(sp_, time_limit=time_limit, node_limit=node_limit, c=obj, sense="max")
-                entry["strict"] = ssol.to_json()
-                if ssol.x is not None and ssol.objective is not None and ssol.objective >= line - margin_tol:
-                    xc = _point(decode(smip, sp_, ssol.x)[inp], norm, lo_dom, hi_dom).reshape(shape).astype(v.dtype)
-                    yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
-            if int(np.argmax(yc)) != c and _in_ball(xc.reshape(x.shape), x, eps, norm, box):
-                res.answer, res.counterexample, res.counterexample_label = "counterexample", xc, int(np.argmax(yc))
-                entry["confirmed"] = True
-                break
-            entry["confirmed"] = False
-        res.answer = "unknown"
-        res.note = (res.note or "") + f" class {j}: {sol.status}, bound {sol.bound};"
+            res.note = (res.note or "") + f" class {j}: {sol.status}, bound {sol.bound};"
+
+    from tqdm import tqdm
+
+    if progress:  # one line even off a terminal: logs say what the silence is
+        budget = "" if time_limit is None else f", time budget {time_limit:g} s in all"
+        print(f"verify: maximizing logit_j - logit_{c} over the ball for {len(others)} classes{budget} "
+              "(Ctrl-C stops with the classes decided so far)", file=sys.stderr, flush=True)
+    bar = tqdm(others, desc="verify", unit="class", file=sys.stderr, leave=False, disable=None if progress else True)
+    try:
+        per_class(bar)
+    except KeyboardInterrupt:
+        res.interrupted = True
+        res.answer = "counterexample" if res.counterexample is not None else "unknown"
+        done = [e["class"] for e in res.per_class if e.get("decided")]
+        res.note = (f"interrupted after {time.perf_counter() - t0:.1f} s: classes {done or 'none'} decided, "
+                    f"{[j for j in others if j not in done]} not. " + res.note).strip()
+        res.seconds = time.perf_counter() - t0
+        raise Interrupted(res) from None
+    finally:
+        bar.close()
     res.seconds = time.perf_counter() - t0
-    if res.answer == "unknown" and res.counterexample is None:
-        res.note = res.note.strip()
+    res.note = res.note.strip()
     return res
 
 

@@ -1,0 +1,122 @@
+"""Long solves stop on Ctrl-C with their partial result (exit 130), and `--time-limit` is the
+total budget of a command, not a per-class one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import MODELS
+
+pytest.importorskip("sklearn")
+
+# mlp_sign (10 classes) on digit 0 at eps 0.1: each class's MIP runs 3-16 s before a 3 s limit
+# stops it, so the nine classes take 60-90 s without a total budget
+SLOW = [str(MODELS / "mlp_sign.onnx"), "--eps", "0.1", "--no-sample"]
+
+
+def _digit(tmp_path) -> str:
+    from sklearn.datasets import load_digits
+
+    path = tmp_path / "x.npy"
+    np.save(path, (load_digits().data[:1] / 16).astype(np.float32))
+    return str(path)
+
+
+def _tamec(args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "tamec", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_verify_ctrl_c_exits_130_with_partial_result(tmp_path):
+    """SIGINT 2 s into the solves ends `tamec verify` within 5 s, exit 130, printing the answer so
+    far (unknown, interrupted) with the class being solved and its incumbent and bound."""
+    proc = _tamec(["verify", SLOW[0], "--input", _digit(tmp_path), *SLOW[1:]])
+    line = proc.stderr.readline()  # printed when the per-class solves start
+    assert line.startswith("verify: maximizing"), line
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.perf_counter()
+    out, err = proc.communicate(timeout=60)
+    assert time.perf_counter() - t0 < 5
+    assert proc.returncode == 130, (out, err)
+    assert out.startswith("unknown (interrupted): label"), out
+    row = out.splitlines()[3].split()  # class 0: status, incumbent (the input itself), bound or "-"
+    assert row[:2] == ["0", "interrupted"] and float(row[2]) < 0, row
+    assert "classes none decided" in out
+    assert err.strip().endswith("tamec: interrupted")
+
+
+def test_verify_time_limit_is_the_total(tmp_path):
+    """`--time-limit 3` over a 10-class model: the whole verification takes about 3 s (plus
+    HiGHS's grace of 1 s), the classes reached with no time left are `limit`, the answer unknown."""
+    t0 = time.perf_counter()
+    proc = _tamec(["verify", SLOW[0], "--input", _digit(tmp_path), *SLOW[1:], "--time-limit", "3", "--json"])
+    out, err = proc.communicate(timeout=120)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, err
+    res = json.loads(out)
+    assert res["answer"] == "unknown" and len(res["per_class"]) == 9
+    assert all(e["status"] == "limit" for e in res["per_class"])
+    assert res["seconds"] < 5.5, res["seconds"]
+    assert wall < 12, wall  # the rest is Python start-up and the compile, slow on a loaded machine
+
+
+def _interrupt_into_solve(monkeypatch, after: float) -> list:
+    """Make tamec.solve.solve send Ctrl-C to the main thread `after` s into its first call, so
+    the interrupt lands in HiGHS however long the compile before it took. Returns [timer]."""
+    import _thread
+    import threading
+
+    import tamec.solve
+
+    real, timers = tamec.solve.solve, []
+
+    def solve(*args, **kw):
+        if not timers:
+            timers.append(threading.Timer(after, _thread.interrupt_main))
+            timers[0].start()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tamec.solve, "solve", solve)
+    return timers
+
+
+def test_verify_api_interrupt_keeps_partial(monkeypatch):
+    """In Python, Ctrl-C during verify's solves raises tamec.errors.Interrupted (a
+    KeyboardInterrupt) whose `partial` holds the class being solved, marked interrupted."""
+    from sklearn.datasets import load_digits
+
+    from tamec.errors import Interrupted
+    from tamec.drivers.verify import verify
+
+    x = (load_digits().data[:1] / 16).astype(np.float32)
+    _interrupt_into_solve(monkeypatch, 1.5)
+    with pytest.raises(Interrupted) as info:
+        verify(SLOW[0], x, 0.1, sample=False, progress=False)
+    part = info.value.partial
+    assert part.interrupted and part.answer == "unknown"
+    assert part.per_class and part.per_class[-1]["status"] == "interrupted"
+    assert isinstance(info.value, KeyboardInterrupt)
+
+
+def test_fit_mip_interrupt_keeps_incumbent(monkeypatch, tmp_path):
+    """Ctrl-C 2 s into fit-mip's MIP (no warm start: HiGHS would run its 60 s) stops it within
+    5 s; the report (also in report.json) says interrupted, with the solver's bound."""
+    from tamec.errors import Interrupted
+    from tamec.drivers.fit import fit_mip
+
+    _interrupt_into_solve(monkeypatch, 2.0)
+    with pytest.raises(Interrupted) as info:
+        fit_mip([64, 16, 10], per_class=5, time_limit=60, out_dir=tmp_path, warm_start="none", progress=False)
+    rep = info.value.partial
+    assert rep.mip["status"] == "interrupted" and rep.mip["seconds"] < 7
+    assert any(n.startswith("interrupted (Ctrl-C)") for n in rep.notes)
+    assert json.loads((tmp_path / "report.json").read_text())["mip"]["status"] == "interrupted"
