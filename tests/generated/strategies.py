@@ -48,8 +48,6 @@ KNOWN_GAPS: dict[str, str] = {
                                   "with +-1/ternary activations",
     "auto-pad": "the bounds pass's own Conv/pool ignores auto_pad SAME_UPPER/SAME_LOWER: no bounds, lower-mip "
                 "fails (item 4); SAME_* drawn only for stages without bounds or MIP",
-    "multithreshold-negative-scale": "bounds treat MultiThreshold with out_scale < 0 as increasing, lo > hi "
-                                     "(item 5); drawn only for stages without bounds",
     "piecewise-linear-mip": "Clip/Relu (and Max/Min/Abs) have no MIP lowering (item 2): Relu, hardtanh and "
                             "Clip heads drawn only for stages without a MIP",
     "reimport-own-export": "tamec cannot import its own model.onnx (Where with a real input declared ternary, "
@@ -177,8 +175,6 @@ def layers_and_shape(draw, p: Profile, kind: str, in_shape: tuple, expose: bool)
     if p.wide and not (expose and p.avoid("threshold-unpacked-over-64")):
         width = st.one_of(width, width, width, width, st.sampled_from(WIDE))
     acts = [a for a in ACTS if p.qonnx or a not in QONNX_ACTS]
-    if p.avoid("multithreshold-negative-scale"):
-        acts = [a for a in acts if a != "mt-neg"]
     wts = ["const", "sign"] + (["bipolarquant"] if p.qonnx else [])
     pads = [a for a in AUTO_PADS if not (p.avoid("auto-pad") and a.startswith("SAME"))]
     out, shape = [], in_shape
@@ -230,7 +226,7 @@ def specs(draw, p: Profile = Profile()):
         in_shape = (draw(st.integers(1, 16)),)
     first = draw(st.sampled_from(["real", "binary"]))
     heads = [h for h in p.heads if h == "logits" or not p.avoid("piecewise-linear-mip")]
-    acts = [a for a in ACTS if (p.qonnx or a not in QONNX_ACTS) and not (a == "mt-neg" and p.avoid("multithreshold-negative-scale"))]
+    acts = [a for a in ACTS if p.qonnx or a not in QONNX_ACTS]
     in_act = draw(st.sampled_from(acts))
     expose = p.expose and draw(st.booleans())
     layers, n_conv = draw(layers_and_shape(p, kind, in_shape, expose))
