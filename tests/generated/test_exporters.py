@@ -109,7 +109,8 @@ def test_torch_onnx_exports_agree(seed, how):
     def prop(spec):
         check_agree(export(torch_model(spec), spec[0], how), dyadic(spec[0], spec[-1]))
 
-    run_property(prop, torch_specs(), examples(8), seed, f"torch_onnx and {how}")
+    # dynamo export takes ~10 s a model: fewer of them
+    run_property(prop, torch_specs(), examples(3 if how == "dynamo" else 6), seed, f"torch_onnx and {how}")
 
 
 def brevitas_model(spec):
@@ -142,4 +143,4 @@ def test_brevitas_exports_agree(seed):
         m = export_qonnx(net, torch.rand(1, spec[0]), export_path=None)  # a ModelProto, batch 1
         check_agree(m, dyadic(spec[0], spec[-1]) * 2 - 1)
 
-    run_property(prop, torch_specs(heads=("logits",)), examples(8), seed, "brevitas")
+    run_property(prop, torch_specs(heads=("logits",)), examples(6), seed, "brevitas")
