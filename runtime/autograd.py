@@ -514,7 +514,8 @@ class GradProgram:
         grads = {}
         for k, s in self.param_slots.items():
             g = gs[s]
-            grads[k] = np.zeros_like(self.params[k]) if g is None else np.asarray(g, np.float32).reshape(
+            # contiguous: a MatMul weight's gradient comes back transposed, the optimizers need C order
+            grads[k] = np.zeros_like(self.params[k]) if g is None else np.ascontiguousarray(g, np.float32).reshape(
                 self.params[k].shape)
         return grads, gs[self.in_slot]
 

@@ -44,6 +44,7 @@ def bypass(g: Graph, op: Op, src: str) -> bool:
             return False
         outs = g.outputs
         g.remove_op(op.id, drop_outputs=False)
+        g.replace_all_uses(out, src)  # consumers of the output too read src, renamed to it below
         g.outputs = [o for o in outs if o != out]
         g.remove_value(out)
         g.rename_value(src, out)

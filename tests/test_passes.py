@@ -113,6 +113,21 @@ def test_ste_idiom_recognized_not_evaluated():
     assert np.array_equal(ev.run({"x": x})["y"], np.sign(x))
 
 
+def test_ste_output_that_is_also_consumed():
+    """An STE result that is a graph output and also feeds the next op is recognized (the consumer
+    follows the renamed Threshold output): found by the generated-model harness."""
+    nodes = [helper.make_node("Sign", ["x"], ["sg"], name="sign"),
+             helper.make_node("Sub", ["sg", "x"], ["d"], name="sub"),
+             helper.make_node("Add", ["x", "d"], ["h"], name="add"),
+             helper.make_node("Neg", ["h"], ["y"], name="neg")]
+    m = model(nodes, [("x", ["N", 3])], [("y", ["N", 3]), ("h", ["N", 3])])
+    mod, ev = compiled(m)
+    assert ops_of(mod) == ["tamec.Threshold", "Neg"]
+    x = np.array([[-0.5, 0.0, 2.5]], np.float32)
+    got = ev.run({"x": x})
+    assert np.array_equal(got["h"], np.sign(x)) and np.array_equal(got["y"], -np.sign(x))
+
+
 def test_larq_sign_idiom():
     """Sign(Add(Sign(x), 0.1)) is one Threshold with tie +1 (Larq's sign at 0)."""
     nodes = [helper.make_node("Sign", ["x"], ["a"], name="s1"),

@@ -59,6 +59,30 @@ def test_latent_weights_are_clipped_and_state_round_trips():
     assert twin.t == opt.t and np.array_equal(twin.state["momentum"]["b"], opt.state["momentum"]["b"])
 
 
+def test_matmul_head_gradients_are_contiguous_and_train(tmp_path):
+    """A MatMul (not Gemm) weight gets a C-contiguous gradient, so Adam steps on it: training a
+    MatMul-headed model used to stop at the first step (found by the generated-model harness)."""
+    from onnx import helper
+
+    from tamec.runtime.autograd import GradProgram
+    from tests.helpers import model
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["s"], name="mm1"),
+             helper.make_node("Sign", ["s"], ["h"], name="sign"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="mm2")]
+    m = model(nodes, [("x", ["N", 4])], [("y", ["N", 3])],
+              {"w1": rng.choice([-1.0, 1.0], (4, 5)).astype(np.float32),
+               "w2": rng.choice([-1.0, 1.0], (5, 3)).astype(np.float32)})
+    prog = GradProgram.from_model(m, rule="ste-clip", input_bounds=(0.0, 1.0))
+    x = rng.random((8, 4)).astype(np.float32)
+    _, grads, _ = prog.loss_and_grads(x, rng.integers(0, 3, 8))
+    assert all(g.flags.c_contiguous for g in grads.values())
+    params = {n: p.copy() for n, p in prog.params.items()}
+    make_optimizer("adam", params, frozenset(prog.binary), 0.01).step(params, grads)
+    assert any(not np.array_equal(params[n], prog.params[n]) for n in params)
+
+
 def test_bop_flips_where_momentum_agrees_with_the_weight():
     """Bop (Larq's rule): m += gamma (g - m); w flips exactly where w * m > threshold; weights stay +-1."""
     p = {"w": np.array([0.3, -0.2, 0.5, -0.7], np.float32), "b": np.zeros(2, np.float32)}
