@@ -41,18 +41,8 @@ from onnx import TensorProto, helper, numpy_helper
 QONNX = "qonnx.custom_op.general"
 
 # -- known bugs (fixed elsewhere, concurrently): the draws avoid them while the entry is here -----------
-KNOWN_GAPS: dict[str, str] = {
-    "threshold-unpacked-over-64": "runtime/plan.py _Thr.words: a Threshold over more than 64 channels whose output "
-                                  "is not packed (a graph output) crashes with a raw ValueError from np.pad "
-                                  "(issue 10 item 1); wide layers are drawn only when no activation is exposed, "
-                                  "with +-1/ternary activations",
-    "auto-pad": "the bounds pass's own Conv/pool ignores auto_pad SAME_UPPER/SAME_LOWER: no bounds, lower-mip "
-                "fails (item 4); SAME_* drawn only for stages without bounds or MIP",
-    "piecewise-linear-mip": "Clip/Relu (and Max/Min/Abs) have no MIP lowering (item 2): Relu, hardtanh and "
-                            "Clip heads drawn only for stages without a MIP",
-    "reimport-own-export": "tamec cannot import its own model.onnx (Where with a real input declared ternary, "
-                           "item 3); the train property checks the re-import only once this entry is gone",
-}
+KNOWN_GAPS: dict[str, str] = {}  # all four fixed in issue 10 (failures 1-4): every draw is on
+
 
 # -- bugs the harness found that are neither fixed here nor on the list above (reproducers in /work/repros)
 FOUND_GAPS: dict[str, str] = {
