@@ -253,19 +253,6 @@ def _levels(graph, op) -> int | None:
     return 2 ** int(np.max(np.asarray(v.const)))
 
 
-def _levels(graph, op) -> int | None:
-    """Output levels of a multi-level QONNX quantizer: thresholds + 1 (MultiThreshold), 2^bits
-    (Quant: input 3, Trunc: output bit width, input 4); None when not constant."""
-    if op.op_type == "MultiThreshold":
-        v = graph.values.get(op.inputs[1]) if len(op.inputs) > 1 else None
-        return None if v is None or v.const is None else int(np.asarray(v.const).shape[-1]) + 1
-    k = 3 if op.op_type == "Quant" else 4
-    v = graph.values.get(op.inputs[k]) if len(op.inputs) > k and op.inputs[k] else None
-    if v is None or v.const is None:
-        return None
-    return 2 ** int(np.max(np.asarray(v.const)))
-
-
 def nonsmooth_pieces(graph, block) -> dict:
     """Pieces summed over the neurons of each nonsmooth op type, and the total (None: infinite)."""
     per: dict[str, Any] = {}
