@@ -31,6 +31,7 @@ import numpy as np
 
 from tamec.ops import QONNX_DOMAIN, lookup
 from tamec.ops import registry as R
+from tamec.ops.threshold import ThresholdParams
 
 SEMIALGEBRAIC = "semialgebraic"
 R_EXP = "R_exp"
@@ -218,10 +219,10 @@ def _pieces_per_element(graph, op) -> int | None:
         return _levels(graph, op)
     if cls == R.STEP:
         out = graph.values.get(op.outputs[0])
-        lo, hi, tie = op.attrs.get("lo", -1.0), op.attrs.get("hi", 1.0), op.attrs.get("tie", 0.0)
         ternary = out is not None and out.domain.kind == "ternary"
-        if t == "Threshold":
-            ternary = ternary or (tie == tie and tie not in (lo, hi))
+        if op.qualname == "tamec.Threshold":
+            p = ThresholdParams.of(op)
+            ternary = ternary or (p.tie == p.tie and p.tie not in (p.lo, p.hi))
         return 3 if ternary else 2
     if t in ("Relu", "LeakyRelu", "PRelu", "Abs"):
         return 2

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from tamec.ir.graph import Graph
 from tamec.ir.mip import Milp
+from tamec.ops.threshold import ThresholdParams
 
 
 def dual_bound(p: Milp, c: np.ndarray, y: np.ndarray) -> float:
@@ -152,9 +153,5 @@ def _tighten(g, overrides, repropagate, reports, time_limit_per_lp, max_seconds,
 
 
 def _tau_of(t, shape) -> np.ndarray:
-    tau = np.asarray(t.attrs["tau"], np.float64)
-    if tau.ndim == 0:
-        return tau
-    full = [1] * (len(shape) + 1)
-    full[t.attrs["axis"]] = tau.size
-    return tau.reshape(full)[0]
+    """The Threshold's tau, broadcastable against one example of `shape` (batch dim dropped)."""
+    return ThresholdParams.of(t).aligned(len(shape) + 1)[0]
