@@ -8,9 +8,12 @@ from tests.conftest import ROOT
 
 README = ROOT / "README.md"
 CI = ROOT / ".ci" / "run"
-# what CI may run besides the README's commands: its own venv and pip upgrade
+# what CI may run besides the README's commands: its own venv, pip upgrade, and the system browser
+# the report tests drive (Debian's chromium and its driver, installed only where missing)
 SETUP = ("set -euo pipefail", 'cd "$(dirname "$0")/.."', "python3 -m venv .ci-venv", ". .ci-venv/bin/activate",
-         "python -m pip install -q --upgrade pip")
+         "python -m pip install -q --upgrade pip",
+         "command -v chromium >/dev/null && command -v chromedriver >/dev/null || "
+         "(apt-get update && apt-get install -y chromium chromium-driver)")
 
 
 def readme_commands() -> list[str]:
@@ -43,10 +46,10 @@ def mentioned_paths(text: str) -> set[str]:
 
 
 def test_every_path_the_readme_mentions_exists():
-    """Every repo path in README.md and .ci/run (`runtime/rules.py`, `bench/accuracy.py`, `tests/...`,
+    """Every repo path in README.md and .ci/run (`tamec/ops/rules.py`, `bench/accuracy.py`, `tests/...`,
     any `*.md`) names a file or folder of the repository: no dangling reference."""
     paths = mentioned_paths(README.read_text()) | mentioned_paths(CI.read_text())
-    assert {"runtime/rules.py", "bench/forward.py", "models/make_models.py"} <= paths  # the scan finds them
+    assert {"tamec/ops/rules.py", "bench/forward.py", "models/make_models.py"} <= paths  # the scan finds them
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"README.md or .ci/run mention {missing}, which do not exist"
 
