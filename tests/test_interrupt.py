@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,31 +34,15 @@ def _tamec(args, **kw):
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
-def test_verify_ctrl_c_exits_130_with_partial_result(tmp_path):
-    """SIGINT 2 s into the solves ends `tamec verify` promptly (seconds, not the minute the solves
-    take), exit 130, printing the answer so far with the class being solved marked interrupted."""
-    proc = _tamec(["verify", SLOW[0], "--input", _digit(tmp_path), *SLOW[1:]])
-    line = proc.stderr.readline()  # printed when the per-class solves start
-    assert line.startswith("verify: maximizing"), line
-    time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    t0 = time.perf_counter()
-    out, err = proc.communicate(timeout=60)
-    assert time.perf_counter() - t0 < 15  # generous for a loaded machine; uninterrupted: 60-90 s
-    assert proc.returncode == 130, (out, err)
-    assert out.splitlines()[0].split(":")[0] in ("unknown (interrupted)", "counterexample (interrupted)"), out
-    rows = [r.split() for r in out.splitlines()[3:] if r.split()[:1] and r.split()[0].isdigit()]
-    assert any(r[1] == "interrupted" for r in rows), out  # the class being solved when Ctrl-C came
-    assert "decided" in out
-    assert err.strip().endswith("tamec: interrupted")
-
-
 def test_verify_time_limit_is_the_total(tmp_path):
     """`--time-limit 3` over a 10-class model: the whole verification takes about 3 s (plus
     HiGHS's grace of 1 s), the classes reached with no time left are `limit`, the answer unknown."""
     t0 = time.perf_counter()
     proc = _tamec(["verify", SLOW[0], "--input", _digit(tmp_path), *SLOW[1:], "--time-limit", "3", "--json"])
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a solver running behind a failed test
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, err
     res = json.loads(out)
