@@ -10,7 +10,7 @@ registry, so no stage keeps its own list.
 from __future__ import annotations
 
 from tamec.ops import arith, batchnorm, conv, linear, piecewise, pool, qonnx, shape, smooth, threshold  # noqa: F401  (they register)
-from tamec.ops.registry import REGISTRY, STAGES, OpDef, attach, get, has, hook, how, implements
+from tamec.ops.registry import REGISTRY, STAGES, OpDef, attach, get, has, hook, how
 
 TAMEC_DOMAIN = threshold.TAMEC_DOMAIN
 QONNX_DOMAIN = qonnx.QONNX_DOMAIN
@@ -70,5 +70,5 @@ def require(ops, stage: str, *, what: str, hint: str, accept=None) -> None:
 
 
 __all__ = ["OpDef", "REGISTRY", "STAGES", "QONNX_DOMAIN", "QONNX_DOMAINS", "QUANTIZERS", "QONNX_OPS",
-           "STANDARD_OPS", "TAMEC_DOMAIN", "TAMEC_OPS", "attach", "get", "has", "hook", "how", "implements",
+           "STANDARD_OPS", "TAMEC_DOMAIN", "TAMEC_OPS", "attach", "get", "has", "hook", "how",
            "is_supported", "lookup", "normalize_domain", "qualname", "require", "supported_summary"]

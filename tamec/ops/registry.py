@@ -4,11 +4,11 @@ An `OpDef` holds what an op *is*: its key (`qualname`: `Conv`, `tamec.Threshold`
 `qonnx.custom_op.general.Quant`), its family module, its arity and attribute schema (tamec and
 QONNX ops; standard ops take theirs from `onnx.defs`), its tame class (tamec/tame.py reads it), and
 its interval bounds rule. Stages attach their implementation of an op to its entry with
-`@implements(stage, qualname, ...)`, the way MLIR attaches interface models to ops it does not own;
+`attach(stage, qualnames, implementation)`, the way MLIR attaches interface models to ops it does not own;
 a stage calls `require(ops, stage)` before it starts, so an op it cannot handle is refused at
 compile time by name, with what to do, and never reaches that stage to fail inside it.
 
-The stages (`STAGES`), in pipeline order; `describe(qualname, stage)` says how each op is handled.
+The stages (`STAGES`), in pipeline order; `how(qualname, stage)` says how each op is handled (the coverage table).
 """
 from __future__ import annotations
 
@@ -76,22 +76,10 @@ def define_all(names: str, family: str, tame: str, **kw) -> None:
         define("", t, family, tame, **kw)
 
 
-def implements(stage: str, *qualnames: str, how: str | None = None):
-    """Decorator: attach `fn` as `stage`'s implementation of each op (`how` for the coverage table)."""
+def attach(stage: str, qualnames, value, how: str | None = None) -> None:
+    """Attach `value` as `stage`'s implementation of each op (`how`: one line for the coverage table)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
-
-    def deco(fn):
-        for q in qualnames:
-            REGISTRY[q].hooks[stage] = fn
-            if how:
-                REGISTRY[q].hooks[stage + ":how"] = how
-        return fn
-    return deco
-
-
-def attach(stage: str, qualnames, value, how: str | None = None) -> None:
-    """Non-decorator form of `implements`, for tables of values (e.g. verifier rules)."""
     for q in qualnames:
         REGISTRY[q].hooks[stage] = value
         if how:
