@@ -15,7 +15,7 @@ from tamec.dual.blocks import EnumProblem, key_duals
 from tamec.dual.pool import true_max, window_states, x_reference
 from tests.conftest import MODELS, all_models
 
-PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,tame-check,dualize"
+PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,dualize,tame-check"
 
 
 def _expected_field(key: dict, g: float, s_ref: float) -> float:
@@ -102,7 +102,7 @@ def test_every_dual_certified(path):
                 assert e["field"] == pytest.approx(_expected_field(k["key"], float(g), e["s_ref"]), rel=1e-6, abs=1e-9)
         if keys:
             assert r["summary"]["minorant"] and r["summary"]["strong_bb_share"] == 1.0
-    assert m.history[-1].stats["uncovered_rows"] == 0
+    assert {r.name: r.stats for r in m.history}["dualize"]["uncovered_rows"] == 0
     if path.stem == "cnn_sign":  # both MaxPools (layer1's and the head's) are dualized, not skipped
         assert [r["pool_elements"] for r in reps] == [0, 128, 64]
 
@@ -157,7 +157,8 @@ def test_dask_executor_matches_default(mlp_reports, tmp_path, capsys):
         spec = "dask://" + cluster.scheduler_address
         m = tamec.compile(str(MODELS / "mlp_sign.onnx"), PIPELINE, executor=spec)
         assert json.dumps(m.reports["dualize"], sort_keys=True) == mlp_reports
-        assert m.history[-1].stats["executor"] == "dask" and m.history[-1].stats["workers"] == 1
+        st = {r.name: r.stats for r in m.history}["dualize"]
+        assert st["executor"] == "dask" and st["workers"] == 1
         out = tmp_path / "d"
         assert main(["compile", str(MODELS / "mlp_sign.onnx"), "--pipeline", PIPELINE, "--dump-dir", str(out),
                      "--executor", spec]) == 0
