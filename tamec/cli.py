@@ -185,7 +185,7 @@ def _inspect_block(d: Path, which: str, plot: str | None = None) -> int:
     cert_file = d / "certificates.json"
     if not cert_file.is_file():
         raise UsageError(f"{d} has no certificates.json",
-                         hint="compile with a pipeline ending in tame-check,dualize and --dump-dir")
+                         hint="compile with a pipeline ending in dualize,tame-check and --dump-dir")
     entries = json.loads(cert_file.read_text())
     names = [e["block"] for e in entries]
     if which in names:

@@ -11,6 +11,13 @@ The default pipeline and why its order:
   binarize-weights  needs canonical Linear/Conv to find their weights; folds weight quantizers.
   fold-thresholds   needs binary weights to know pre-activations are integers on a lattice.
   bounds            last: interval bounds are tightest on folded, integer-typed graphs.
+
+The MIP passes that follow (`MIP_PASSES`, appended by `tamec train` and by `--pipeline`):
+  partition         needs bounds: blocks are cut at the binarized layers the bounds typed.
+  lower-mip         needs the blocks and their bounds (every big-M comes from them).
+  dualize           needs the MIP: dual functions and certificates per block.
+  tame-check        after dualize: it checks what dualize produced (the relaxation's dual is
+                    feasible; a jump counts as replaced only where a certified dual covers it).
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from tamec.module import Module, PassRecord
 from tamec.passes.base import REGISTRY, Pass, PassContext, PassResult, input_box, register  # noqa: F401  (API)
 
 DEFAULT_PIPELINE = ("canonicalize", "binarize-weights", "fold-thresholds", "bounds")
+MIP_PASSES = ("partition", "lower-mip", "dualize", "tame-check")
 
 def _load_passes() -> None:
     import tamec.passes.binarize_weights  # noqa: F401  (registration side effect)

@@ -1,19 +1,28 @@
 """Tame-check analysis: is a MIP block *nice* (compact, definable, finitely many nonsmooth pieces)?
 
-`certify_block(graph, block)` returns a plain JSON-able certificate for one `tamec.ir.mip.Block`
-whose `Block.ops` name ops of `graph`; the other public functions compute one field each and take
-the same `(graph, block)` pair, so tests can call them on hand-built graphs and blocks.
+`certify_block(graph, block, dual)` returns a plain JSON-able certificate for one
+`tamec.ir.mip.Block` whose `Block.ops` name ops of `graph`; `dual` is the block's dualize report
+(`module.reports["dualize"]`: the pass runs after dualize, so it checks what dualize produced). The
+other public functions compute one field each and take the same `(graph, block)` pair, so tests
+can call them on hand-built graphs and blocks.
 
 Fields of a certificate:
   structure          the smallest o-minimal structure covering the block's ops and its objective:
                      "semialgebraic" < "R_exp", "R_an (restricted to a proven box)" < "R_an,exp";
-                     "locally o-minimal" when a rounding op acts on an unbounded input;
+                     "locally o-minimal" when a rounding op acts on an unbounded input (infinitely
+                     many jumps: not nice, the node is named);
+  dual               the relaxation's dual, from the dualize report: "feasible" True (every dual
+                     function of the block is certified dual feasible), False (a problem naming the
+                     key's node: not nice) or None (no dual report, or no dual function in it);
   compactness        every integer/binary variable group with its bounds and where they come from;
   nonsmooth_pieces   pieces per op type (summed over neurons) and the total;
   discontinuous_ops  every definable but non-Lipschitz op (threshold/sign/step, rounding);
   rational_data      all constants are finite floats (a finite float is a rational number);
   verdict, reason, node, op, problems   "nice" or "not nice", with the first problem and all;
-  lipschitz          "Lipschitz on the box" or why not.
+  lipschitz          "Lipschitz on the box" or why not: besides the structure and finite bounds,
+                     every discontinuous op must be a Threshold whose rows dualize covers (its jump
+                     is replaced by the certified dual surrogate); a Floor, a raw Sign, a quantizer
+                     or a Threshold with uncovered rows keeps its jump, so no Lipschitz claim.
 
 Mechanisms a test can set (a float file cannot express them, so they are flags):
   * an irrational coefficient: op attribute `irrational=1` on a rounding op (Floor/Ceil/Round)
@@ -141,7 +150,12 @@ def op_structure(graph, op) -> tuple[str, dict | None]:
         if _irrational(graph, op):
             return LOCAL, {**where, "reason": f"{t} with an irrational coefficient (flag `irrational`): "
                            "rounding is locally o-minimal only with rational coefficients"}
-        return (SEMIALGEBRAIC if _finite(_bounds(graph, x)) else LOCAL), None
+        b = _bounds(graph, x)
+        if not _finite(b):  # infinitely many jumps: definable only in a locally o-minimal structure
+            return LOCAL, {**where, "reason": f"{t} of %{x} with unbounded input {b}: rounding is semilinear only "
+                           "on a bounded box (unbounded, it has infinitely many jumps and is only locally "
+                           "o-minimal); tighten the bounds of its input"}
+        return SEMIALGEBRAIC, None
     return STRUCTURE[cls], None
 
 
@@ -286,13 +300,58 @@ def rational_data(graph, block) -> bool:
     return True
 
 
-def lipschitz(graph, block, struct: str, nice: bool) -> str:
+def dual_rows_covered(block, dual: dict | None) -> set[str]:
+    """The block's row groups that the dualize report covers with dual functions (or constant bits)."""
+    return {r["rows"] for r in (dual or {}).get("rows", []) if r.get("covered_by")}
+
+
+def replaced_by_dual(graph, block, op, dual: dict | None) -> bool:
+    """True for a Threshold of a dualized block whose rows dualize all covers: the dual surrogate
+    replaces its jump (a Threshold with no rows has its bits fixed: no jump on the box)."""
+    if op.qualname != "tamec.Threshold" or dual is None:
+        return False
+    rows = {r.name for r in block.rows if r.op == op.id}
+    return rows <= dual_rows_covered(block, dual)
+
+
+def dual_status(graph, block, dual: dict | None) -> tuple[dict, dict | None]:
+    """(the `dual` field, problem or None): is every dual function of the block dual feasible?"""
+    if dual is None:
+        return {"feasible": None, "reason": "no dualize report for this block"}, None
+    entries = [(k, m, g, e["certificate"]) for k in dual.get("keys", []) for m in ("lp", "bb", "chvatal")
+               for g, e in k.get(m, {}).items() if "certificate" in e]
+    if not entries:
+        why = dual.get("reason") or dual.get("note") or "no dual function in the dualize report"
+        return {"feasible": None, "reason": why}, None
+    for k, m, g, c in entries:
+        if not c["dual_feasible"]["holds"]:
+            cov = (k.get("covers") or [{}])[0]
+            op = graph.op(cov["op"]) if cov.get("op") in graph.nx.nodes else None
+            where = {"op": op.id if op else "", "node": node_name(op) if op else f"block {block.name}",
+                     "op_type": op.qualname if op else ""}
+            worst = c["dual_feasible"].get("worst_violation")
+            return ({"feasible": False, "duals": len(entries), "method": m, "g": g},
+                    {**where, "reason": f"the relaxation's dual is not feasible: the {m} dual (g={g}) of a key of "
+                     f"{where['node']} violates dual feasibility by {worst} (dualize certificate), so the "
+                     "block's surrogate is not a certified dual function"})
+    if dual.get("summary", {}).get("dual_feasible") is False:  # the summary and the keys disagree: say so
+        return ({"feasible": False, "duals": len(entries)},
+                {"op": "", "node": f"block {block.name}", "op_type": "",
+                 "reason": "the dualize summary says dual_feasible False"})
+    return {"feasible": True, "duals": len(entries), "how": "every dual function's certificate"}, None
+
+
+def lipschitz(graph, block, struct: str, nice: bool, dual: dict | None = None) -> str:
     """'Lipschitz on the box' for a nice semialgebraic block whose surrogate is piecewise linear
-    with finite bounds; else the reason."""
+    with finite bounds and whose every jump is replaced by a certified dual; else the reason."""
     if not nice:
         return "not established: the block is not nice"
     if struct != SEMIALGEBRAIC:
         return f"not established: structure {struct} is not semialgebraic piecewise-linear"
+    for op in _block_ops(graph, block):
+        if tame_class(op) in R.DISCONTINUOUS and not replaced_by_dual(graph, block, op, dual):
+            return (f"not established: op {op.id} ({op.qualname}, node {node_name(op)}) is discontinuous and "
+                    "no certified dual replaces it (only a Threshold whose rows dualize covers is)")
     for op in _block_ops(graph, block):
         if tame_class(op) in (R.POLY, R.RATIONAL) and not (op.op_type in ("Mul", "Div") and _has_const_operand(graph, op)):
             return f"not established: op {op.id} ({op.qualname}, node {node_name(op)}) is not piecewise linear"
@@ -302,11 +361,15 @@ def lipschitz(graph, block, struct: str, nice: bool) -> str:
     return "Lipschitz on the box"
 
 
-def certify_block(graph, block) -> dict:
-    """The full tame-check certificate of one block (plain JSON-able dict)."""
+def certify_block(graph, block, dual: dict | None = None) -> dict:
+    """The full tame-check certificate of one block (plain JSON-able dict); `dual` is the block's
+    dualize report (None: dual feasibility not checked, no jump counted as replaced)."""
     struct, problems = structure(graph, block)
     comp, cproblems = compactness(graph, block)
     problems = problems + cproblems
+    dstat, dproblem = dual_status(graph, block, dual)
+    if dproblem:
+        problems.append(dproblem)
     rational = rational_data(graph, block)
     if not rational:
         problems.append({"op": "", "node": f"block {block.name}", "op_type": "",
@@ -315,7 +378,7 @@ def certify_block(graph, block) -> dict:
     first = problems[0] if problems else {}
     return {"block": block.name, "structure": struct, "compactness": comp,
             "nonsmooth_pieces": nonsmooth_pieces(graph, block),
-            "discontinuous_ops": discontinuous_ops(graph, block), "rational_data": rational,
+            "discontinuous_ops": discontinuous_ops(graph, block), "rational_data": rational, "dual": dstat,
             "verdict": "nice" if nice else "not nice", "reason": first.get("reason", ""),
             "node": first.get("node", ""), "op": first.get("op", ""), "problems": problems,
-            "lipschitz": lipschitz(graph, block, struct, nice)}
+            "lipschitz": lipschitz(graph, block, struct, nice, dual)}

@@ -252,3 +252,47 @@ def test_chvatal_dispatch():
     assert F(p.b) <= enum_z(p, p.b) + 1e-9
     cert = certify(F, samples=50)
     assert cert["subadditive"]["how"] == "sampled" and cert["minorant"]["holds"]
+
+
+def test_two_piece_dual_above_z_between_grid_points_fails_minorant():
+    """A tent F = min(-4d - 9, 4d + 12) on the textbook instance at b = -2.5 is dual feasible and
+    equal to z(-2.5) = 1, but F(-2.625) = 1.5 > z(-2.625) = 0.75 between the grid's points: the
+    exact minorant check (one MILP) finds it, with a witness, and F is therefore not strong."""
+    p = Problem.build(TEXT_C, TEXT_A, -2.5, TEXT_I)
+    F = DualFunction("bb", p, [{"pi": [-4.0], "const": -9.0}, {"pi": [4.0], "const": 12.0}])
+    assert F(-2.625) == 1.5 and text_z(-2.625) == 0.75 and F(-2.5) == text_z(-2.5) == 1.0
+    cert = certify(F)
+    mino = cert["minorant"]
+    assert mino["holds"] is False, mino  # the grid b + {-1, -1/2, 0, 1/2, 1} missed it
+    assert mino["how"] == "exact" and mino["method"] == "milp"
+    w = mino["witness"]
+    assert w["F"] > w["z"] + 0.5 and w["z"] == pytest.approx(text_z(w["d"][0]), abs=1e-9)
+    assert F(w["d"]) == pytest.approx(w["F"])
+    assert cert["dual_feasible"]["holds"]  # what the grid alone let through
+    assert cert["strong"] is False and cert["gap"] == pytest.approx(0.0, abs=1e-9)
+    # F(d) = 3d is far above z for d > 0, where the grid around b = -2.5 never looks; x is unbounded
+    steep = certify(DualFunction("lp", p, [{"pi": [3.0], "const": 0.0}]))["minorant"]
+    assert steep["holds"] is False and steep["witness"]["F"] > text_z(steep["witness"]["d"][0]) + 0.5
+
+
+def test_exact_minorant_check_agrees_with_enumeration():
+    """On random bounded problems the MILP minorant check of lp/bb duals shifted by +-0.3 says
+    "not a minorant" exactly when enumeration over the integer points finds F(A x) > c x."""
+    seen = {True: 0, False: 0}
+    for seed in range(8):
+        p = random_problem(seed, mixed=False)
+        F = make(p, "bb", depth=2)
+        I = np.arange(p.n)
+        pts = np.array(list(itertools.product(*[np.arange(p.lb[j], p.ub[j] + 1) for j in I])), np.float64)
+        for shift in (-0.3, 0.3):
+            G = DualFunction("bb", p, [{"pi": q["pi"], "const": q["const"] + shift} for q in F.pieces()])
+            mino = certify(G, samples=10)["minorant"]
+            if p.constraint == "==":  # F <= z everywhere iff F(A x) <= c x at every point
+                bad = bool(np.any(G(pts @ p.A.T) > pts @ p.c + 1e-7))
+                assert mino["holds"] == (not bad), (seed, shift, mino)
+            elif not mino["holds"]:  # ">=": a witness is real
+                d = np.array(mino["witness"]["d"])
+                assert G(d) > enum_z(p, d) + 1e-7
+            assert mino["how"] == "exact"
+            seen[mino["holds"]] += 1
+    assert seen[True] and seen[False]

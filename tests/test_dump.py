@@ -7,19 +7,19 @@ import json
 from tamec.cli import main
 from tests.conftest import MODELS
 
-MIP_PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,tame-check"
+MIP_PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,dualize,tame-check"
 
 
 def test_each_mip_written_once(tmp_path, capsys):
-    """lower-mip makes the MIP and tame-check keeps it: one .mps and one .mip.tir, and stats.json
-    points both passes at lower-mip's files."""
+    """lower-mip makes the MIP and dualize and tame-check keep it: one .mps and one .mip.tir, and
+    stats.json points the three passes at lower-mip's files."""
     model = str(MODELS / "mlp_sign.onnx")
     assert main(["compile", model, "--pipeline", MIP_PIPELINE, "--dump-dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.mps")) == ["06-lower-mip.mps"]
     assert sorted(p.name for p in tmp_path.glob("*.mip.tir")) == ["06-lower-mip.mip.tir"]
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["mip_files"] == {"lower-mip": "06-lower-mip", "tame-check": "06-lower-mip"}
-    assert (tmp_path / "07-tame-check.tir").is_file()  # the graph dumps are still per pass
+    assert stats["mip_files"] == {"lower-mip": "06-lower-mip", "dualize": "06-lower-mip", "tame-check": "06-lower-mip"}
+    assert (tmp_path / "08-tame-check.tir").is_file()  # the graph dumps are still per pass
 
 
 def test_other_models_dump_refused_or_forced(tmp_path, capsys):
@@ -35,7 +35,7 @@ def test_other_models_dump_refused_or_forced(tmp_path, capsys):
     assert (tmp_path / "06-lower-mip.mps").is_file()  # refused: nothing touched
     assert main(["compile", str(MODELS / "mlp_sign.onnx"), "--dump-dir", d, "--force"]) == 0
     assert json.loads((tmp_path / "stats.json").read_text())["source"].endswith("mlp_sign.onnx")
-    assert not list(tmp_path.glob("0[5-7]-*")) and (tmp_path / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob("0[5-8]-*")) and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_same_model_redump_drops_stale_files(tmp_path, capsys):

@@ -17,7 +17,7 @@ from tamec.dual.blocks import key_duals
 from tamec.drivers.plot import block_data, plot_block
 from tests.conftest import MODELS
 
-PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,tame-check,dualize"
+PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,dualize,tame-check"
 
 
 @pytest.fixture(scope="module")

@@ -212,12 +212,12 @@ def test_piecewise_op_inside_a_binarized_block():
 
 
 def test_full_pipeline_reports_kink_binaries():
-    """partition .. tame-check .. dualize on a Clip head: the head is nice (semialgebraic), its
+    """partition .. dualize .. tame-check on a Clip head: the head is nice (semialgebraic), its
     big-M rows are counted, and dualize does not call it exact (its kink rows have no dual)."""
     from tamec.passmanager import DEFAULT_PIPELINE
 
     m = sign_net("Clip", ("lo", "hi"), {"lo": np.float32(-1), "hi": np.float32(1)})
-    mod = tamec.compile(m, list(DEFAULT_PIPELINE) + ["partition", "lower-mip", "tame-check", "dualize"],
+    mod = tamec.compile(m, list(DEFAULT_PIPELINE) + ["partition", "lower-mip", "dualize", "tame-check"],
                         input_bounds=(-1.0, 1.0), options={"executor": "threads"})
     head = {r["block"]: r for r in mod.reports["lower-mip"]}["head"]
     assert head["big_m_rows"] > 0 and head["big_m_source"] == "interval"

@@ -19,7 +19,7 @@ from tamec.cli import main as cli
 from tests.conftest import MODELS, TFC
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-FULL = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,tame-check,dualize"
+FULL = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,dualize,tame-check"
 
 
 def run_cli(*args) -> tuple[int, str, str]:

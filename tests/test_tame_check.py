@@ -4,6 +4,7 @@ with an irrational coefficient, Log near 0) are rejected naming the node and the
 require_nice the pass turns a not-nice report into a PassError."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -17,7 +18,7 @@ from tamec.passmanager import PassContext, get_pass
 from tamec.tame import R_AN, R_AN_EXP, R_EXP, SEMIALGEBRAIC, LOCAL, certify_block, join_structures
 from tests.conftest import all_models
 
-PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,tame-check"
+PIPELINE = "canonicalize,binarize-weights,fold-thresholds,bounds,partition,lower-mip,dualize,tame-check"
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +170,10 @@ def test_rounding_with_irrational_coefficient_rejected():
     c = certify_block(g, b)
     assert c["verdict"] == "not nice" and c["node"] == "fl"
     assert "irrational" in c["reason"] and "rational coefficients" in c["reason"]
-    # rounding an unbounded input with a rational coefficient: only locally o-minimal
+    # rounding an unbounded input with a rational coefficient: only locally o-minimal, not nice
     g, b = _graph(("Floor", "fl", {}, None, None))
     c = certify_block(g, b)
-    assert c["structure"] == LOCAL and c["nonsmooth_pieces"]["total"] is None
+    assert c["structure"] == LOCAL and c["nonsmooth_pieces"]["total"] is None and c["verdict"] == "not nice"
 
 
 def test_unknown_op_and_nonfinite_constant_rejected():
@@ -257,3 +258,74 @@ def test_multilevel_quantizers_are_discontinuous_with_their_levels():
     assert [d["node"] for d in c["discontinuous_ops"]] == ["mt", "q"]
     per = c["nonsmooth_pieces"]["per_op_type"]
     assert per[f"{QONNX_DOMAIN}.MultiThreshold"] == 12 and per[f"{QONNX_DOMAIN}.Quant"] == 16
+
+
+def test_tame_check_runs_after_dualize():
+    """tame-check reads what dualize produced: a pipeline with tame-check before dualize is refused
+    naming the missing `dualized`, and in the right order every block's `dual` field is feasible."""
+    from tests.conftest import bundled_models
+
+    path = str(next(p for p in bundled_models() if p.stem == "mlp_sign"))
+    with pytest.raises(PassError, match="tame-check requires .*dualized"):
+        tamec.compile(path, PIPELINE.replace("dualize,tame-check", "tame-check,dualize"))
+
+
+def test_dual_infeasible_block_not_nice(mlp):
+    """A block whose dualize report says a dual function is not dual feasible is not nice: the
+    reason says so and names the Threshold's ONNX node; the pass's require_nice raises on it."""
+    mod = mlp.copy()
+    mod.reports["dualize"] = copy.deepcopy(mlp.reports["dualize"])  # Module.copy shares the reports
+    rep = next(r for r in mod.reports["dualize"] if r["block"] == "layer1")
+    key = rep["keys"][0]
+    key["bb"]["-1"]["certificate"]["dual_feasible"].update(holds=False, worst_violation=2e4)
+    rep["summary"]["dual_feasible"] = False
+    thr = mod.graph.op(key["covers"][0]["op"])
+    p = get_pass("tame-check")
+    certs = {c["block"]: c for c in p.run(mod, PassContext()).module.reports["tame-check"]}
+    c = certs["layer1"]
+    assert c["verdict"] == "not nice"
+    assert "dual is not feasible" in c["reason"] and c["op"] == thr.id and c["node"] == ", ".join(thr.origin)
+    assert c["dual"]["feasible"] is False
+    assert all(c["dual"]["feasible"] is True for c in mlp.reports["tame-check"] if c["block"] != "head")
+    assert c["lipschitz"] != "Lipschitz on the box"
+    assert certs["layer0"]["verdict"] == "nice"
+    with pytest.raises(PassError, match="layer1 is not nice: the relaxation's dual is not feasible"):
+        p.run(mod, PassContext(options={"require_nice": True}))
+
+
+@pytest.mark.parametrize("op_type", ["Floor", "Round"])
+def test_rounding_of_unbounded_input_not_nice(op_type):
+    """Floor/Round of an unbounded input has infinitely many jumps: not nice, naming the node and
+    the unbounded input; on a box it is nice (semialgebraic)."""
+    g, b = _graph((op_type, "rnd", {}, None, None))
+    c = certify_block(g, b)
+    assert c["verdict"] == "not nice" and c["node"] == "rnd" and c["op"] == "op0"
+    assert op_type in c["reason"] and "unbounded" in c["reason"] and "bounded box" in c["reason"]
+    g, b = _graph((op_type, "rnd", {}, None, (-2, 2)), x_bounds=(-2.0, 2.0))
+    assert certify_block(g, b)["verdict"] == "nice"
+
+
+@pytest.mark.parametrize("op_type", ["Floor", "Sign"])
+def test_jump_without_a_dual_is_not_lipschitz(op_type):
+    """A nice semialgebraic block holding a Floor or a raw ONNX Sign (no folded Threshold whose
+    rows a certified dual covers) keeps its jump: not certified Lipschitz, naming the node."""
+    g, b = _graph(("Mul", "scale", {}, 3.0, (0, 3)), (op_type, "jump", {}, None, (-1, 3)), x_bounds=(0.0, 1.0))
+    c = certify_block(g, b, {"block": "b", "rows": [], "keys": []})
+    assert c["verdict"] == "nice" and c["structure"] == SEMIALGEBRAIC
+    assert c["lipschitz"].startswith("not established") and "op1" in c["lipschitz"] and "jump" in c["lipschitz"]
+    g, b = _graph(("Mul", "scale", {}, 3.0, (0, 3)), ("Relu", "r", {}, None, (0, 3)), x_bounds=(0.0, 1.0))
+    assert certify_block(g, b, {"block": "b", "rows": [], "keys": []})["lipschitz"] == "Lipschitz on the box"
+
+
+def test_threshold_with_uncovered_rows_is_not_lipschitz(mlp):
+    """A Threshold counts as replaced by its dual only where dualize covers its rows: with one of
+    layer1's Threshold row groups uncovered in the report, layer1 is no longer Lipschitz."""
+    rep = next(r for r in mlp.reports["dualize"] if r["block"] == "layer1")
+    block = mlp.mip.block("layer1")
+    assert certify_block(mlp.graph, block, rep)["lipschitz"] == "Lipschitz on the box"
+    thr = next(o for o in block.ops if mlp.graph.op(o).op_type == "Threshold")
+    bad = copy.deepcopy(rep)
+    row = next(r for r in bad["rows"] if any(g.name == r["rows"] and g.op == thr for g in block.rows))
+    row["covered_by"] = None
+    lip = certify_block(mlp.graph, block, bad)["lipschitz"]
+    assert lip.startswith("not established") and thr in lip and "discontinuous" in lip

@@ -20,10 +20,23 @@ found none among the stated number of samples, "grid" is exact at the listed rig
   nondecreasing  F(d + s e_i) >= F(d) for s >= 0. Min-of-affine: exact (every piece with a negative
                  gradient entry is checked by an LP for being strictly the minimum somewhere: if it
                  is, F decreases there, a witness). Other F: sampled.
-  minorant       F(d) <= z(d) on a grid of right-hand sides (default: b plus offsets in
-                 {-1, -1/2, 0, 1/2, 1} per coordinate, at most `max_grid` points, and d = 0), with z
-                 from exact MILP solves (Problem.value); reports the grid size and worst violation.
-  gap, strong    gap = z(b) - F(b); strong when |gap| <= tol (1 + |z(b)|).
+  minorant       F(d) <= z(d) for every d. `method` says how it was decided:
+                 "milp" (how "exact"), for min-of-affine F: F <= z everywhere iff
+                     max { t - c x : t <= pi_k d + const_k for every piece k, d = A x ("==") or
+                           d <= A x (">="), lb <= x <= ub, x_I integer } <= 0,
+                 one MILP solved by HiGHS (scipy.optimize.milp) within `milp_time_limit` seconds;
+                 exact up to HiGHS's feasibility tolerances (a violation is re-checked at the
+                 solver's point with F and an exact z(d), and returned as the witness);
+                 "construction" (how "exact"), for a Chvatal function: the builder verified in
+                 rational arithmetic that its last basis is dual feasible, which makes F a minorant
+                 (tamec/dual/chvatal.py); the grid below is still searched for a counterexample;
+                 "grid" (how "grid"), the named fallback when neither applies or HiGHS hit its
+                 limit (`fallback` says why): F(d) <= z(d) on a grid of right-hand sides (default:
+                 b plus offsets in {-1, -1/2, 0, 1/2, 1} per coordinate, at most `max_grid`
+                 points, and d = 0), z from exact MILP solves (Problem.value).
+                 Every method reports `worst_violation` and a `witness` {d, F, z} or None.
+  gap, strong    gap = z(b) - F(b); strong when |gap| <= tol (1 + |z(b)|) and the minorant holds
+                 exactly (a grid-only minorant never makes F strong).
 """
 from __future__ import annotations
 
@@ -65,9 +78,74 @@ def _minorant(F, problem, grid, tol) -> tuple[dict, dict]:
         viol = np.inf if z == -np.inf else f - z
         if viol > _slack(tol, z, f) and viol > worst:
             worst, witness = float(viol), {"d": d.tolist(), "F": float(f), "z": float(z)}
-    res = {"holds": witness is None, "how": "grid", "grid_size": int(len(grid)), "feasible_points": feasible,
-           "worst_violation": worst, "witness": witness}
+    res = {"holds": witness is None, "how": "grid", "method": "grid", "grid_size": int(len(grid)),
+           "feasible_points": feasible, "worst_violation": worst, "witness": witness}
     return res, {tuple(d): z for d, z in zip(grid, zs)}
+
+
+MILP_TIME_LIMIT = 10.0  # seconds per exact minorant check; past it the grid is the fallback
+
+
+def _witness(F, problem, d) -> dict:
+    d = np.asarray(d, np.float64)
+    return {"d": d.tolist(), "F": float(F(d)), "z": float(problem.value(d))}
+
+
+def _milp_minorant(F, problem, aff, tol, time_limit) -> tuple[dict | None, str]:
+    """The exact check (module doc) for min-of-affine F: (result, "") or (None, why it fell back)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    Pi, K = aff
+    A, c, n, m = problem.A, problem.c, problem.n, problem.m
+    eq = problem.constraint == "=="
+    if len(K) == 0:  # F = +inf: a minorant iff no x is feasible (z = +inf everywhere)
+        I = problem.integrality
+        empty = bool(np.any(problem.lb > problem.ub) or np.any(np.ceil(problem.lb[I]) > np.floor(problem.ub[I])))
+        return {"holds": empty, "how": "exact", "method": "milp", "worst_violation": 0.0 if empty else np.inf,
+                "witness": None, "reason": "F = +inf, minorant iff the feasible set is empty"}, ""
+    # columns: x (n), d (m, ">=" only), t; minimize c x - t = -(F(d) - c x)
+    nd = 0 if eq else m
+    cost = np.r_[c, np.zeros(nd), -1.0]
+    if eq:  # t - pi_k A x <= const_k
+        rows = np.hstack([-(Pi @ A), np.ones((len(K), 1))])
+        cons = [LinearConstraint(rows, -np.inf, K)]
+    else:  # t - pi_k d <= const_k, d - A x <= 0
+        rows = np.hstack([np.zeros((len(K), n)), -Pi, np.ones((len(K), 1))])
+        link = np.hstack([-A, np.eye(m), np.zeros((m, 1))])
+        cons = [LinearConstraint(rows, -np.inf, K), LinearConstraint(link, -np.inf, 0.0)]
+    lb = np.r_[problem.lb, np.full(nd + 1, -np.inf)]
+    ub = np.r_[problem.ub, np.full(nd + 1, np.inf)]
+    integ = np.r_[problem.integrality.astype(int), np.zeros(nd + 1, int)]
+    # The violation is capped (t - c x <= cap) so the MILP is bounded even where F - c x is not
+    # (unbounded x, as in DESIGN.md's textbook instance): a maximum at the cap is a violation.
+    cap = max(1.0, 1e-3 * (1.0 + float(np.max(np.abs(K))) + float(np.max(np.abs(c), initial=0.0))))
+    cons.append(LinearConstraint(-cost[None, :], -np.inf, cap))
+    opts = {"time_limit": time_limit, "mip_rel_gap": 0.0}
+    res = milp(cost, constraints=cons, bounds=Bounds(lb, ub), integrality=integ, options=opts)
+    out = {"how": "exact", "method": "milp", "solver": "HiGHS (scipy.optimize.milp)"}
+    if res.status == 2:  # no feasible x: z = +inf everywhere
+        return {**out, "holds": True, "worst_violation": 0.0, "witness": None, "max_value": -np.inf}, ""
+    # on a limit, HiGHS's bound on min (c x - t) may still prove the maximum <= 0
+    bound = getattr(res, "mip_dual_bound", None)
+    proved = {**out, "holds": True, "worst_violation": 0.0, "witness": None,
+              "max_value_bound": None if bound is None else float(-bound) + 0.0,
+              "note": "HiGHS hit its limit; its bound proves the maximum <= 0"}
+    bound_proves = res.status == 1 and bound is not None and np.isfinite(bound) and -bound <= _slack(tol, bound)
+    if res.x is None:
+        return (proved, "") if bound_proves else (None, f"HiGHS stopped without an answer: {res.message}")
+    x = res.x[:n].copy()
+    I = problem.integrality
+    x[I] = np.round(x[I])
+    d = A @ x if eq else np.minimum(res.x[n:n + m], A @ x)
+    w = _witness(F, problem, d)
+    viol = w["F"] - w["z"]
+    if viol > _slack(tol, w["F"], w["z"]):
+        return {**out, "holds": False, "worst_violation": float(viol), "witness": w,
+                "max_value": float(-res.fun), "capped": bool(-res.fun >= cap - _slack(tol, cap))}, ""
+    if res.status != 0:  # a limit: the incumbent shows no violation, only the bound can prove it
+        return (proved, "") if bound_proves else (None, f"HiGHS hit its limit ({res.message}) before proving "
+                                                        "the maximum <= 0")
+    return {**out, "holds": True, "worst_violation": 0.0, "witness": None, "max_value": float(-res.fun) + 0.0}, ""
 
 
 def _dir_derivative_at_0(F, a, aff) -> tuple[float, str]:
@@ -183,10 +261,36 @@ def _nondecreasing(F, problem, aff, tol, samples, rng) -> dict:
             "worst_violation": worst, "witness": witness}
 
 
+def _chvatal_construction(F) -> bool:
+    """The Chvatal builder's own proof of minorance: its last basis checked dual feasible exactly."""
+    ex = (getattr(F, "certificate", None) or {}).get("exact") or {}
+    return bool((ex.get("G_dual_feasible") or {}).get("holds"))
+
+
+def minorant(F, problem, aff, grid, tol, time_limit: float = MILP_TIME_LIMIT) -> tuple[dict, float]:
+    """(the minorant entry, z(b)): the exact MILP check where it answers, else the named fallback.
+    No timings in the entry: certificates are deterministic (the same for any worker count)."""
+    fallback = "F is not a min of affine pieces"
+    if aff is not None:
+        res, fallback = _milp_minorant(F, problem, aff, tol, time_limit)
+        if res is not None:
+            return res, float(problem.value(problem.b))
+    res, zmap = _minorant(F, problem, grid, tol)
+    if _chvatal_construction(F) and res["holds"]:
+        res = {**res, "how": "exact", "method": "construction",
+               "reason": "Chvatal function whose last basis is dual feasible (checked in rational arithmetic); "
+                         "the grid found no counterexample"}
+    else:
+        res["fallback"] = fallback
+    return res, zmap[tuple(problem.b)]
+
+
 def certify(F: DualFunction, problem: Problem | None = None, *, grid=None, samples: int = 200,
-            tol: float = 1e-7, seed: int = 0, max_grid: int = 625) -> dict:
+            tol: float = 1e-7, seed: int = 0, max_grid: int = 625,
+            milp_time_limit: float = MILP_TIME_LIMIT) -> dict:
     """Check F against `problem` (default F.problem); the result is also merged into F.certificate
-    (keeping what the builder put there, e.g. a Chvatal function's structure)."""
+    (keeping what the builder put there, e.g. a Chvatal function's structure). `grid` is used
+    only where the exact minorant check does not answer (see the module doc)."""
     problem = F.problem if problem is None else problem
     rng = np.random.default_rng(seed)
     m = problem.m
@@ -209,12 +313,13 @@ def certify(F: DualFunction, problem: Problem | None = None, *, grid=None, sampl
                                 nd["worst_violation"] if nd["required"] else 0.0)
     cert["dual_feasible"] = df
     cert["subadditive"] = _subadditive(F, problem, aff, tol, samples, rng)
-    cert["minorant"], zmap = _minorant(F, problem, grid, tol)
-    zb, fb = zmap[tuple(b)], float(F(b))
+    cert["minorant"], zb = minorant(F, problem, aff, grid, tol, milp_time_limit)
+    fb = float(F(b))
     gap = zb - fb if np.isfinite(zb) or np.isfinite(fb) else np.nan
     cert["gap"] = float(gap)
     cert["z_b"], cert["F_b"] = float(zb), fb
-    cert["strong"] = bool(np.isfinite(gap) and abs(gap) <= _slack(tol, zb))
+    exact = cert["minorant"]["holds"] and cert["minorant"]["how"] == "exact"
+    cert["strong"] = bool(exact and np.isfinite(gap) and abs(gap) <= _slack(tol, zb))
     if aff is not None:
         cert["concave"] = {"holds": True, "how": "exact", "reason": "a min of affine functions"}
         cert["pieces"] = int(len(aff[1]))
