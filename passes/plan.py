@@ -60,9 +60,10 @@ def _reasons(rep: dict, tame: dict | None) -> list[str]:
         if not summ["dual_feasible"]:
             why.append("a dual is not dual feasible")
         sr = summ.get("srange")
-        if sr is None:
+        thresholds = any(k.get("kind", "threshold") == "threshold" for k in rep.get("keys", []))
+        if sr is None and thresholds:  # a MaxPool-only block has no threshold rule to read
             why.append("no s-range dual (run dualize with srange_depths)")
-        elif not sr["certified"]:
+        elif sr is not None and not sr["certified"]:
             why.append("an s-range dual fails its exact check")
     return why
 
@@ -93,8 +94,9 @@ def block_plan(g, block, rep: dict, tame: dict | None) -> dict:
     cite = f"dualize:{block.name} s-range duals K={rep['summary']['srange']['depths']} (exact check)" \
         if rep.get("summary", {}).get("srange") else f"dualize:{block.name}"
     return {"block": block.name, "kernels": _kernels(g, block), "thresholds": thresholds,
-            "keys": [{"key": k["key"], "neurons": k["neurons"], "srange": k.get("srange", {})}
-                     for k in keys if k.get("kind", "threshold") == "threshold"],
+            # every key, in dualize's order (key_of indexes it); a MaxPool key carries no s-range dual
+            "keys": [{"kind": k.get("kind", "threshold"), "key": k.get("key"), "neurons": k.get("neurons"),
+                      "srange": k.get("srange", {})} for k in keys],
             "certified": not why, "reasons": why, "certificate": cite,
             "tame": None if tame is None else tame.get("verdict"),
             "rule_source": "s-range dual" if not why else None}

@@ -90,3 +90,84 @@ def backward(rule: Rule, x, g, tau, co: dict) -> np.ndarray:
     else:
         _ste_backward(x, g, tau, co["half"], rule.kind == "ste-clip", out)
     return out
+
+
+# -- rules read from the plan: the certified s-range duals' pieces (tamec/dual/srange.py) ---------
+
+PAD = 8  # breakpoints per neuron table (an s-range dual has at most 7: L, L_K, b, 0, a, U_K, U)
+
+
+def plan_tables(rule: Rule, keys: list[dict], key_of: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-neuron tables of the certified pieces of `rule` (its depth K) for F_{+cost} and
+    F_{-cost}: `bpp`/`bpn` breakpoints (P, PAD, +inf padded), `slp`/`sln` slopes (P, PAD - 1),
+    `np_`/`nn` counts. A neuron with key -1 (stable) has no breakpoint: field 0. UsageError when
+    the plan holds no dual at depth K."""
+    depth = str(rule.leaf_depth)
+    P = key_of.size
+    out = {"bpp": np.full((P, PAD), np.inf), "bpn": np.full((P, PAD), np.inf),
+           "slp": np.zeros((P, PAD - 1)), "sln": np.zeros((P, PAD - 1)),
+           "np_": np.zeros(P, np.int64), "nn": np.zeros(P, np.int64)}
+    rows = {}
+    for k in np.unique(key_of[key_of >= 0]):
+        sr = keys[int(k)]["srange"]
+        if depth not in sr:
+            raise UsageError(f"rule {rule.name}: the plan has no certified s-range dual at depth {depth}",
+                             hint=f"use a depth in {sorted(int(d) for d in sr)} or run dualize with srange_depths")
+        rows[int(k)] = sr[depth]
+    for j in np.flatnonzero(key_of >= 0):
+        ent = rows[int(key_of[j])]
+        for tag, bp, sl, cnt in (("+1", "bpp", "slp", "np_"), ("-1", "bpn", "sln", "nn")):
+            b, s = ent[tag]["breakpoints"], ent[tag]["slopes"]
+            out[bp][j, :len(b)] = b
+            out[sl][j, :len(s)] = s
+            out[cnt][j] = len(b)
+    return out
+
+
+@njit(cache=True)
+def _slope_at(s, bp, sl, nb):
+    """The field of one s-range dual at s: the slope of the segment holding s, the mean of the two
+    one-sided slopes at a breakpoint, 0 beyond the ends (tamec/dual/srange.py's SRangeDual.field)."""
+    if nb == 0 or s < bp[0] or s > bp[nb - 1]:
+        return 0.0
+    for k in range(nb):
+        if s == bp[k]:
+            left = sl[k - 1] if k >= 1 else 0.0
+            right = sl[k] if k < nb - 1 else 0.0
+            return 0.5 * (left + right)
+        if s < bp[k]:
+            return sl[k - 1]
+    return 0.0
+
+
+@njit(cache=True)
+def _table_backward(x, g, a, c0, lat_o, lat_st, tau, bpp, slp, np_, bpn, sln, nn, midpoint, out):
+    """dloss/dx from the certified pieces: z = a x + c0 (the folded pre-activation the block was
+    certified on; snapped to its lattice origin + k step when lat_st > 0), s = z - tau, then
+    dloss/ds = |g| F'_{sign g}(s) (lp-dual, bb-dual:K) or g (F'_+(s) - F'_-(s)) / 2 (lp-mid,
+    bb-mid:K), times dz/dx = a."""
+    n, p = x.shape
+    for i in range(n):
+        for j in range(p):
+            z = a[j] * np.float64(x[i, j]) + c0[j]
+            if lat_st[j] > 0.0:
+                z = lat_o[j] + np.round((z - lat_o[j]) / lat_st[j]) * lat_st[j]
+            s = z - tau[j]
+            gv = np.float64(g[i, j])
+            if midpoint:
+                f = gv * 0.5 * (_slope_at(s, bpp[j], slp[j], np_[j]) - _slope_at(s, bpn[j], sln[j], nn[j]))
+            elif gv > 0.0:
+                f = gv * _slope_at(s, bpp[j], slp[j], np_[j])
+            elif gv < 0.0:
+                f = -gv * _slope_at(s, bpn[j], sln[j], nn[j])
+            else:
+                f = 0.0
+            out[i, j] = f * a[j]
+
+
+def table_backward(rule: Rule, x, g, tab: dict) -> np.ndarray:
+    """dloss/dx for x, g (N, P) float32 from a threshold's plan tables (`plan_tables` + the map)."""
+    out = np.empty(x.shape, np.float32)
+    _table_backward(x, g, tab["a"], tab["c0"], tab["lat_o"], tab["lat_st"], tab["tau"], tab["bpp"], tab["slp"],
+                    tab["np_"], tab["bpn"], tab["sln"], tab["nn"], rule.midpoint, out)
+    return out
