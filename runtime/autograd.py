@@ -609,6 +609,10 @@ class GradProgram:
         if not spec.from_dual:
             raise UsageError(f"rule {self.rule} is a heuristic: it has no surrogate",
                              hint="use lp-dual, bb-dual:K, lp-mid or bb-mid:K")
+        if getattr(self, "plan", None) is not None:  # the closed-form surrogate is not the plan tables' one
+            raise UsageError(f"rule {self.rule} is read from the plan: its surrogate is "
+                             "tamec.runtime.rules.table_surrogate, not the closed-form one",
+                             hint="call vjp(surrogate=...) on a program without use_plan, or use table_surrogate")
         if surrogate is True:
             if not spec.midpoint:
                 raise UsageError(f"the surrogate of {self.rule} depends on the sign of the upstream gradient",

@@ -194,3 +194,38 @@ def test_srange_certificate_catches_a_piece_above_the_value_function():
                      F.vertices)
     cert = certify_srange(bad)
     assert not cert["minorant"]["holds"] and not cert["holds"]
+
+
+@pytest.mark.parametrize("rule,pattern", [("bb-mid:5", None), ("lp-mid", None), ("bb-dual:3", 1.0),
+                                          ("lp-dual", -1.0)])
+def test_plan_field_is_conservative_on_its_surrogate(rule, pattern):
+    """Along a path through every neuron's whole range, the integral of the plan rule's field
+    (table_backward, unsnapped) equals the change of table_surrogate: the certified pieces are
+    the field of that Lipschitz surrogate, on real and on lattice pre-activations."""
+    model = "models/mlp_sign.onnx"
+    prog = GradProgram.from_model(model, rule=rule)
+    prog.use_plan(compiled(model))
+    spec = R.parse_rule(rule)
+    for t in prog.thresholds.values():
+        block, th, alpha, beta = prog.plan_map[t.op.id]
+        tab = t.table
+        keys = block["keys"]
+        key_of = np.asarray(th["key_of"])
+        L = np.array([keys[k]["key"]["L_minus_tau"] if k >= 0 else -1.0 for k in key_of])
+        U = np.array([keys[k]["key"]["U_minus_tau"] if k >= 0 else 1.0 for k in key_of])
+        tau = np.asarray(th["tau"])
+        x0, x1 = alpha * (L - 1 + tau) + beta, alpha * (U + 1 + tau) + beta
+        ts = np.linspace(0.0, 1.0, 40001)
+        X = (x0[None] + ts[:, None] * (x1 - x0)[None]).astype(np.float32)
+        g = 1.0 if pattern is None else pattern
+        G = np.full(X.shape, g, np.float32)
+        field = R.table_backward(spec, X, G, tab, snap=False).astype(np.float64)
+        mids = 0.5 * (field[1:] + field[:-1]) * np.diff(X.astype(np.float64), axis=0)
+        integral = mids.sum(axis=0)
+        top = np.where(alpha > 0, t.up, t.down)
+        Y = R.table_surrogate(spec, X[[0, -1]], tab, top, pattern).astype(np.float64)
+        change = g * (Y[1] - Y[0])
+        live = key_of >= 0
+        assert live.any()
+        np.testing.assert_allclose(integral[live], change[live], atol=2e-3 * max(1.0, np.abs(change).max()))
+        assert np.abs(change[live]).max() > 0.1  # the path crosses the threshold: not a vacuous check
