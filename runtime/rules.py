@@ -1,6 +1,17 @@
 """The numba kernels of the Threshold backward rules; the rules themselves (their definitions,
 constants and surrogates, read by the runtime and by the gradient-graph export alike) are in
-tamec/ops/rules.py, re-exported here."""
+tamec/ops/rules.py, re-exported here.
+
+Two ways to get a dual rule's slopes:
+  - closed form (`coefficients` + `backward`): from the interval bounds of the training graph's
+    threshold input (the BN output on hidden layers). Not the certified block: it ignores the
+    folded integer pre-activation's lattice gap. What GradProgram does without a plan.
+  - from the plan (`plan_tables` + `table_backward`): the pieces of the block's certified s-range
+    duals (tamec/dual/srange.py, computed by dualize, handed over by passes/plan.py), applied to
+    the folded pre-activation z = (x - beta) / alpha; `table_surrogate` is the function whose
+    field they are. What GradProgram.use_plan installs; tests/test_plan.py checks the field is
+    F.field of the certified dual for every key of every bundled model.
+"""
 from __future__ import annotations
 
 import numpy as np
