@@ -161,5 +161,6 @@ class Dualize(Pass):
                 "executor": kind if client is None else "dask",
                 "uncovered_rows": sum(len(r["uncovered_rows"]) for r in reports),
                 "minorant": all(c["minorant"] for c in certs),
+                "srange_certified": all(c["srange"]["certified"] for c in certs if "srange" in c),
                 "strong_bb_share": min((c["strong_bb_share"] for c in certs), default=None),
                 "max_gap_lp": max((c["max_gap_lp"] for c in certs), default=0.0)}

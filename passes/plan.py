@@ -35,8 +35,9 @@ def _kernels(g, block) -> list[dict]:
             continue
         v = g.values[op.inputs[0]]
         w = g.values[op.inputs[1]] if len(op.inputs) > 1 else None
-        fan_in = int(np.prod(w.shape[1:])) if w is not None and w.shape and op.op_type == "Conv" else \
-            int(w.shape[0]) if w is not None and w.shape else None
+        fan_in = None
+        if w is not None and w.shape:  # Linear weights are (in, out), Conv weights (out, in, *kernel)
+            fan_in = int(np.prod(w.shape[1:])) if op.op_type == "Conv" else int(w.shape[0])
         binary = v.domain is not None and v.domain.is_binary
         ent = {"op": o, "kernel": "xnor-popcount" if binary else "float-gemm", "input_binary": bool(binary),
                "input_domain": str(v.domain)}
@@ -80,8 +81,8 @@ def block_plan(g, block, rep: dict, tame: dict | None) -> dict:
     thresholds = []
     for o in block.ops:
         op = g.op(o)
-        if op.op_type != "Threshold" or o not in thr and not _activation(g, op):
-            continue
+        if op.op_type != "Threshold" or (o not in thr and not _activation(g, op)):
+            continue  # a weight quantizer has no backward rule
         shape = g.values[op.outputs[0]].shape
         n = int(np.prod([d for d in shape[1:]], dtype=np.int64))
         tau = np.broadcast_to(_per_channel(op.attrs["tau"], shape), (n,)).astype(np.float64)
