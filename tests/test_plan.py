@@ -229,3 +229,18 @@ def test_plan_field_is_conservative_on_its_surrogate(rule, pattern):
         assert live.any()
         np.testing.assert_allclose(integral[live], change[live], atol=2e-3 * max(1.0, np.abs(change).max()))
         assert np.abs(change[live]).max() > 0.1  # the path crosses the threshold: not a vacuous check
+
+
+def test_plan_is_plain_data_and_needs_dualize():
+    """The plan report survives a JSON round trip unchanged (runtime-independent data), and the
+    plan pass refuses a module that was not dualized, naming the passes to run."""
+    import json
+
+    from tamec.errors import PassError
+
+    plan = compiled("models/sign_ties.onnx").reports["plan"]
+    assert json.loads(json.dumps(plan)) == plan  # no tuple, no numpy scalar: exactly JSON data
+    assert {b["block"] for b in plan["blocks"]} == {"layer0", "layer1", "head"}
+    with pytest.raises(PassError, match="requires"):
+        tamec.compile("models/sign_ties.onnx", pipeline=["canonicalize", "binarize-weights", "fold-thresholds",
+                                                         "bounds", "partition", "lower-mip", "plan"])

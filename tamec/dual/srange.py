@@ -202,6 +202,6 @@ def key_srange(spec: dict, depths) -> dict:
         for tag, sign in (("+1", 1.0), ("-1", -1.0)):
             F = srange_dual(spec["key"], spec["problem"], sign, int(K))
             ent[tag] = {"pieces": F.pieces(), "breakpoints": F.breakpoints().tolist(), "slopes": F.slopes().tolist(),
-                        "leaves": F.leaves, "certificate": F.certificate}
+                        "leaves": [list(lv) for lv in F.leaves], "certificate": F.certificate}
         out[str(int(K))] = ent
     return out
