@@ -14,7 +14,9 @@ is exact. Keys are independent, so they are mapped over a `concurrent.futures.Ex
 `executor` ("processes", default, "threads", or "dask://HOST:PORT" for a Dask distributed
 scheduler, `distributed` imported only then), `workers` (default 1: inline; a Dask cluster uses
 its own workers), `dask_timeout` (seconds to reach the scheduler and find a worker, default 10),
-`bb_depth` (default 4), `chvatal` (default False: also a certified Chvatal dual for threshold keys
+`bb_depth` (default 4), `srange_depths` (default 0..8: the depths K of the s-range duals,
+tamec/dual/srange.py, that the backward rules lp-dual/bb-dual:K/lp-mid/bb-mid:K read through
+the `plan` pass), `chvatal` (default False: also a certified Chvatal dual for threshold keys
 with integer data, in exact rational arithmetic, slow). The per-block reports go to
 `module.reports["dualize"]`.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 
-from tamec.dual.blocks import block_specs, block_summary, keys_duals, row_coverage
+from tamec.dual.blocks import SRANGE_DEPTHS, block_specs, block_summary, keys_duals, row_coverage
 from tamec.dual.function import DualFunction, dual_function
 from tamec.errors import UsageError
 from tamec.passes.base import Pass, register
@@ -95,6 +97,7 @@ class Dualize(Pass):
     def rewrite(self, g, ctx, module):
         depth = int(ctx.options.get("bb_depth", 4))
         chvatal = bool(ctx.options.get("chvatal", False))
+        sdepths = tuple(int(k) for k in ctx.options.get("srange_depths", SRANGE_DEPTHS))
         workers = int(ctx.options.get("workers", 1))
         kind = ctx.options.get("executor") or "processes"
         blocks = module.mip.blocks
@@ -112,9 +115,10 @@ class Dualize(Pass):
             if len(blocks) > 8:
                 bar = tqdm(total=len(tasks), desc="dualize", unit="chunk", leave=False)
             if pool is None:
-                outs = (keys_duals(ch, depth, chvatal) for _, ch in tasks)
+                outs = (keys_duals(ch, depth, chvatal, sdepths) for _, ch in tasks)
             else:
-                outs = pool.map(keys_duals, [ch for _, ch in tasks], [depth] * len(tasks), [chvatal] * len(tasks))
+                outs = pool.map(keys_duals, [ch for _, ch in tasks], [depth] * len(tasks), [chvatal] * len(tasks),
+                                [sdepths] * len(tasks))
             for (k, _), out in zip(tasks, outs):
                 results[k].extend(out)  # map keeps task order: the report does not depend on workers
                 if bar is not None:
@@ -157,5 +161,6 @@ class Dualize(Pass):
                 "executor": kind if client is None else "dask",
                 "uncovered_rows": sum(len(r["uncovered_rows"]) for r in reports),
                 "minorant": all(c["minorant"] for c in certs),
+                "srange_certified": all(c["srange"]["certified"] for c in certs if "srange" in c),
                 "strong_bb_share": min((c["strong_bb_share"] for c in certs), default=None),
                 "max_gap_lp": max((c["max_gap_lp"] for c in certs), default=0.0)}

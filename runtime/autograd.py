@@ -45,6 +45,7 @@ from tamec.ops.threshold import ThresholdParams
 from tamec.runtime import rules as R
 
 WEIGHT_CHAIN = frozenset({"tamec.Threshold", "Transpose", "Reshape", "Identity", "Flatten"})
+AFFINE_CHAIN = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div", "Identity"})
 PARAM_POS = {"tamec.Linear": (1, 2), "Conv": (1, 2), "BatchNormalization": (1, 2)}
 
 
@@ -116,6 +117,9 @@ class ThresholdInfo:
     hi: np.ndarray
     lattice: tuple | None = None
     coef: dict = field(default_factory=dict)
+    table: dict | None = None  # the certified s-range pieces from the plan (use_plan), else None
+    fallback: object = None  # the heuristic Rule of a refused block, when the user named one
+    source: dict = field(default_factory=dict)  # where the rule comes from (block, certificate, reasons)
 
     @property
     def d(self) -> np.ndarray:
@@ -342,6 +346,116 @@ class GradProgram:
         self.rule_spec = spec
         for t in self.thresholds.values():
             t.coef = R.coefficients(spec, t.L, t.U, t.d, R.shift_lattice(t.lattice, t.tau))
+        if getattr(self, "plan", None) is not None:
+            self._plan_rules(spec)
+
+    # the rule lookup from the plan pass (passes/plan.py): slopes read from certified duals
+    def use_plan(self, plan, fallback=None) -> None:
+        """Read every activation threshold's dual rule from `plan` (a compiled Module or its
+        `reports["plan"]`): the pieces of its block's certified s-range duals, applied to the
+        block's folded pre-activation z = (x - beta) / alpha (alpha, beta of the elementwise chain
+        z -> x at the current parameters, frozen with the plan). A block whose certificate fails
+        gets no dual rule: UsageError naming it, unless `fallback` names a heuristic (ste, ste-clip)
+        to use there instead."""
+        if hasattr(plan, "reports"):
+            plan = plan.reports.get("plan")
+        if not isinstance(plan, dict) or "blocks" not in plan:
+            raise UsageError("no plan to read the rules from", hint="compile through dualize, tame-check and plan")
+        fb = None if fallback is None else R.parse_rule(fallback)
+        if fb is not None and fb.from_dual:
+            raise UsageError(f"fallback {fb.name} is a dual rule", hint="name a heuristic: ste or ste-clip")
+        index = {o: (b, th) for b in plan["blocks"] for th in b["thresholds"] for o in th["origin"]}
+        self.plan_map = {}
+        for t in self.thresholds.values():
+            hit = next((index[o] for o in t.op.origin if o in index), None)
+            if hit is None:
+                raise UsageError(f"threshold {t.op.id} is not in the plan", file=self.source, node=t.op.id,
+                                 hint="compile the same model through the plan pass")
+            block, th = hit
+            if not block["certified"] and fb is None:
+                raise UsageError(f"block {block['block']} (threshold {t.op.id}) has no certified dual: "
+                                 f"{'; '.join(block['reasons'])}; training refuses a dual rule there",
+                                 file=self.source, node=t.op.id,
+                                 hint="fix the model or its bounds, or name a heuristic fallback "
+                                      "(fallback='ste-clip')")
+            size = int(np.prod(t.sample_shape))
+            if th["neurons"] != size:
+                raise UnsupportedModelError(f"threshold {t.op.id}: the plan has {th['neurons']} neurons, the "
+                                            f"training graph {size}", file=self.source, node=t.op.id)
+            alpha, beta = self._affine_chain(th["input"], t.op.inputs[0], t.sample_shape)
+            self.plan_map[t.op.id] = (block, th, alpha, beta)
+        self.plan, self.fallback = plan, fb
+        self._plan_rules(self.rule_spec)
+
+    def _affine_chain(self, z_name: str, x_name: str, sample: tuple):
+        """(alpha, beta) per sample element with x = alpha z + beta along the elementwise ops
+        (eval BatchNormalization, Add/Sub/Mul/Div by a constant, Identity) from z to x."""
+        g, env = self.graph, self._prep_env()
+        chain, cur = [], x_name
+        while cur != z_name:
+            op = g.producer(cur)
+            if op is None or op.qualname not in AFFINE_CHAIN:
+                raise UnsupportedModelError(f"cannot relate the training threshold input {x_name!r} to the "
+                                            f"certified pre-activation {z_name!r}", file=self.source,
+                                            node=None if op is None else op.id,
+                                            hint="the plan's rules need an elementwise affine chain between them")
+            data = [i for i in op.inputs if i in self._data_values]
+            chain.append((op, data[0]))
+            cur = data[0]
+        n = int(np.prod(sample))
+        a, b = np.ones(n), np.zeros(n)
+
+        def per_elem(v):
+            v = np.asarray(v, np.float64)
+            if op.qualname == "BatchNormalization" and len(sample) > 1:
+                v = v.reshape((-1,) + (1,) * (len(sample) - 1))
+            return np.broadcast_to(v, (1,) + tuple(sample) if v.ndim > len(sample) else tuple(sample)).reshape(-1)
+
+        for op, d in reversed(chain):
+            val = [None if i in self._data_values or not i else env[self._slot[i]] for i in op.inputs]
+            if op.qualname == "BatchNormalization":
+                eps = float(op.attrs.get("epsilon", 1e-5))
+                ns = per_elem(val[1]) / np.sqrt(per_elem(val[4]) + eps)
+                a, b = a * ns, (b - per_elem(val[3])) * ns + per_elem(val[2])
+            elif op.qualname in ("Add", "Sub"):
+                c = per_elem(val[1] if op.inputs[0] == d else val[0])
+                sign = -1.0 if op.qualname == "Sub" and op.inputs[1] == d else 1.0
+                a, b = sign * a, sign * b + (c if op.qualname == "Add" or op.inputs[1] == d else -c)
+            elif op.qualname in ("Mul", "Div"):
+                if op.qualname == "Div" and op.inputs[1] == d:
+                    raise UnsupportedModelError(f"{op.id}: a division by the pre-activation is not affine",
+                                                file=self.source, node=op.id)
+                c = per_elem(val[1] if op.inputs[0] == d else val[0])
+                c = 1.0 / c if op.qualname == "Div" else c
+                a, b = a * c, b * c
+        return a, b
+
+    def _plan_rules(self, spec) -> None:
+        """Fill each threshold's `table` (certified pieces of `spec` at its depth) or its fallback."""
+        for t in self.thresholds.values():
+            block, th, alpha, beta = self.plan_map[t.op.id]
+            t.source = {"block": block["block"], "certificate": block["certificate"],
+                        "certified": block["certified"], "reasons": list(block["reasons"])}
+            t.table = t.fallback = None
+            if not spec.from_dual:
+                continue
+            if not block["certified"]:
+                t.fallback = self.fallback
+                t.coef = R.coefficients(t.fallback, t.L, t.U, t.d)
+                continue
+            key_of = np.asarray(th["key_of"], np.int64)
+            with np.errstate(divide="ignore"):
+                live = (alpha != 0) & np.isfinite(alpha)
+            key_of = np.where(live, key_of, -1)  # alpha = 0: a constant neuron, field 0
+            tab = R.plan_tables(spec, block["keys"], key_of)
+            lat_o, lat_st = np.zeros(key_of.size), np.zeros(key_of.size)
+            for j in np.flatnonzero(key_of >= 0):
+                lat = block["keys"][key_of[j]]["key"]["lattice"]
+                if lat is not None:
+                    lat_o[j], lat_st[j] = lat["origin"], lat["step"]
+            safe = np.where(live, alpha, 1.0)
+            t.table = {**tab, "a": np.where(live, 1.0 / safe, 0.0), "c0": np.where(live, -beta / safe, 0.0),
+                       "lat_o": lat_o, "lat_st": lat_st, "tau": np.asarray(th["tau"], np.float64)}
 
     def rule_table(self) -> list[dict]:
         """The backward rule of every activation threshold (one block each) and the proven bounds
@@ -360,13 +474,14 @@ class GradProgram:
             rows.append({"op": t.op.id, "origin": list(t.op.origin), "neurons": int(L.size), "rule": self.rule,
                          "derived_from": kind, "stable": int(stable.sum()), "unbounded": int(unbounded.sum()),
                          "min_abs_L": float(np.abs(L[live]).min()) if live.any() else None,
-                         "max_U": float(U[live].max()) if live.any() else None})
+                         "max_U": float(U[live].max()) if live.any() else None, **_cite(t, spec)})
         return rows
 
     def __str__(self) -> str:
         head = f"GradProgram {self.source or '<model>'}: rule {self.rule}, {len(self.params)} weights"
         lines = [f"  {r['op']} ({', '.join(r['origin'])}): {r['neurons']} neurons, {r['stable']} stable, "
-                 f"{r['unbounded']} unbounded, {r['derived_from']}" for r in self.rule_table()]
+                 f"{r['unbounded']} unbounded, {r['derived_from']}; rule from {r['rule_source']}"
+                 + (f" [{r['certificate']}]" if r["certificate"] else "") for r in self.rule_table()]
         return "\n".join([head] + lines)
 
     def refresh_bounds(self, params=None) -> None:
@@ -494,6 +609,10 @@ class GradProgram:
         if not spec.from_dual:
             raise UsageError(f"rule {self.rule} is a heuristic: it has no surrogate",
                              hint="use lp-dual, bb-dual:K, lp-mid or bb-mid:K")
+        if getattr(self, "plan", None) is not None:  # the closed-form surrogate is not the plan tables' one
+            raise UsageError(f"rule {self.rule} is read from the plan: its surrogate is "
+                             "tamec.runtime.rules.table_surrogate, not the closed-form one",
+                             hint="call vjp(surrogate=...) on a program without use_plan, or use table_surrogate")
         if surrogate is True:
             if not spec.midpoint:
                 raise UsageError(f"the surrogate of {self.rule} depends on the sign of the upstream gradient",
@@ -626,6 +745,29 @@ class GradProgram:
             g.replace_all_uses(root, q)
         g.prune()
         return g
+
+
+def _cite(t: ThresholdInfo, spec) -> dict:
+    """Where threshold `t`'s rule comes from: `rule_source`, the `certificate` it cites (None
+    when no plan was read), the plan `block`, and why a refused block fell back."""
+    if not spec.from_dual:
+        return {"rule_source": f"heuristic {spec.name}", "certificate": None, "block": t.source.get("block")}
+    if not t.source:
+        return {"rule_source": "closed form from the bounds (no plan read: not the certified dual)",
+                "certificate": None, "block": None}
+    if t.fallback is not None:
+        return {"rule_source": f"heuristic fallback {t.fallback.name} (block refused: "
+                               f"{'; '.join(t.source['reasons'])})", "certificate": None, "block": t.source["block"]}
+    return {"rule_source": f"certified s-range dual, depth {spec.leaf_depth}", "certificate": t.source["certificate"],
+            "block": t.source["block"]}
+
+
+def rule_certificates(prog: GradProgram) -> list[dict]:
+    """Per activation threshold: the block, the rule, where it comes from and the certificate it
+    cites (JSON-ready; what `tamec train` can write to metrics.json)."""
+    return [{"op": t.op.id, "rule": prog.rule, **_cite(t, prog.rule_spec),
+             "certified": t.source.get("certified"), "reasons": t.source.get("reasons", [])}
+            for t in prog.thresholds.values()]
 
 
 def _backward_hint() -> str:
@@ -995,7 +1137,11 @@ def _threshold(prog, op, ins, out):
     def bwd(gr, x2, gs, need):
         if need[ix]:
             g2 = np.ascontiguousarray(gr, np.float32).reshape(x2.shape)
-            _acc(gs, ix, R.backward(prog.rule_spec, x2, g2, t.tau, t.coef).reshape(gr.shape))
+            if t.table is not None:  # the certified pieces the plan read from dualize
+                dx = R.table_backward(prog.rule_spec, x2, g2, t.table)
+            else:
+                dx = R.backward(t.fallback or prog.rule_spec, x2, g2, t.tau, t.coef)
+            _acc(gs, ix, dx.reshape(gr.shape))
 
     st.fwd, st.bwd = fwd, bwd
     return st

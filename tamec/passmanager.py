@@ -48,6 +48,7 @@ def _load_passes() -> None:
     import tamec.passes.fold_thresholds  # noqa: F401
     import tamec.passes.lower_mip  # noqa: F401
     import tamec.passes.partition  # noqa: F401
+    import tamec.passes.plan  # noqa: F401
     import tamec.passes.tame_check  # noqa: F401
 
 

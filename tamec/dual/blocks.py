@@ -38,6 +38,7 @@ from tamec.dual.certificate import certify
 from tamec.dual.function import dual_function
 from tamec.dual.pool import pool_key_duals, pool_specs
 from tamec.dual.problem import EnumProblem
+from tamec.dual.srange import key_srange
 from tamec.lower.inference import REL_EPS, lattice, threshold_states
 
 ROUND = 9  # decimals of the dedupe key: rows equal to 1e-9 share a dual function
@@ -187,9 +188,13 @@ def _chvatal_entry(spec, c, A, s_ref, line) -> dict:
 CHVATAL_SAMPLES = 40  # sampled subadditivity/monotonicity checks of a Chvatal dual (exact Fractions: slow)
 
 
-def key_duals(spec: dict, bb_depth: int = 4, chvatal: bool = False) -> dict:
-    """lp and bb dual functions (certified) of one per-neuron key for g = +1 and g = -1, and with
-    `chvatal` a Chvatal dual too where the key's data are integer (lattice pre-activations)."""
+SRANGE_DEPTHS = tuple(range(9))  # the depths K of the s-range duals the rules read (bb-mid:5 is the default)
+
+
+def key_duals(spec: dict, bb_depth: int = 4, chvatal: bool = False, srange_depths=SRANGE_DEPTHS) -> dict:
+    """lp and bb dual functions (certified) of one per-neuron key for g = +1 and g = -1, with
+    `chvatal` a Chvatal dual too where the key's data are integer (lattice pre-activations), and
+    the s-range duals (tamec/dual/srange.py) at every depth of `srange_depths`: the rules' duals."""
     A = np.asarray(spec["A"], np.float64)
     k = spec["key"]
     L, U, a, b = k["L_minus_tau"], k["U_minus_tau"], k["a_minus_tau"], k["b_minus_tau"]
@@ -225,14 +230,16 @@ def key_duals(spec: dict, bb_depth: int = 4, chvatal: bool = False) -> dict:
         out["bb"][tag] = {"s_ref": s_ref, "depth": bb_depth, **_entry(F_bb, spec, s_ref, p, grid)}
         if chvatal:
             out.setdefault("chvatal", {})[tag] = _chvatal_entry(spec, c, A, s_ref, line)
+    out["srange"] = key_srange(out, srange_depths)
     return out
 
 
-def keys_duals(specs: list[dict], bb_depth: int = 4, chvatal: bool = False) -> list[dict]:
+def keys_duals(specs: list[dict], bb_depth: int = 4, chvatal: bool = False,
+               srange_depths=SRANGE_DEPTHS) -> list[dict]:
     """`key_duals` (threshold keys) or `pool_key_duals` (MaxPool keys) over a chunk of keys (the
     unit of work sent to an executor)."""
-    return [pool_key_duals(s, bb_depth) if s.get("kind") == "maxpool" else key_duals(s, bb_depth, chvatal)
-            for s in specs]
+    return [pool_key_duals(s, bb_depth) if s.get("kind") == "maxpool" else
+            key_duals(s, bb_depth, chvatal, srange_depths) for s in specs]
 
 
 def block_specs(graph, block) -> tuple[list[dict], dict]:
@@ -295,6 +302,10 @@ def block_summary(keys: list[dict]) -> dict:
            "dual_feasible": all(c["dual_feasible"]["holds"] for _, c in certs),
            "strong_bb_share": (sum(c["strong"] for c in bb) / len(bb)) if bb else None,
            "max_gap_lp": max(lp_gaps) if lp_gaps else 0.0}
+    sr = [e["certificate"] for k in keys for d in k.get("srange", {}).values() for e in d.values()]
+    if sr:  # the rules' duals: every depth, both signs, checked exactly
+        out["srange"] = {"certified": all(c["holds"] for c in sr), "duals": len(sr),
+                         "depths": sorted({int(d) for k in keys for d in k.get("srange", {})})}
     if ch:
         out["chvatal"] = len(ch)
         out["strong_chvatal_share"] = sum(c["strong"] for c in ch) / len(ch)
