@@ -11,6 +11,8 @@
   inference BatchNorm), optionally followed by a threshold, writing packed bits or float32.
 - `conv1_pointwise`: a real convolution of one-channel images (the usual first layer), then
   `pointwise` on its output channels.
+- `im2col_f32`: the float patches of a real convolution with several input channels (then one
+  BLAS GEMM, and `pointwise` on its channels-last rows writes the packed bits).
 - `im2col`: the packed patches of a binary convolution (taps outside the image get a zero mask).
 - `maxpool`: max-pool on packed planes: OR of sign bits; for ternary values the mask plane is
   the OR of the +1s with the AND of the masks.
@@ -44,8 +46,10 @@ COLS = 32  # weight columns are padded to a multiple of this
 (L_KW, L_K, L_JC, L_JS, L_WOFF, L_TOFF, L_POFF, L_JW, L_BOFF, L_BMODE, L_MODE, L_TERN, L_J) = range(13)
 L_FIELDS = 13
 
-# pointwise op codes
+# pointwise op codes (ROUND/FLOOR/CEIL ignore their constant row; MIN/MAX clamp like QONNX's
+# _clamp: `c if t > c else t` keeps NaN, as numpy.where does)
 OP_MUL, OP_ADD, OP_SUB, OP_RSUB, OP_DIV, OP_RDIV = 0, 1, 2, 3, 4, 5
+OP_MIN, OP_MAX, OP_ROUND, OP_FLOOR, OP_CEIL = 6, 7, 8, 9, 10
 # pointwise / bgemm output modes
 OUT_BITS, OUT_FLOAT, OUT_CHAIN = 0, 1, 2
 # bias modes of bgemm (the evaluator's two branches)
@@ -135,6 +139,20 @@ def bgemm(a, m, ternary, k, w, jc, mode, tlo, thi, pw, bias, bmode, out_s, out_m
 
 
 @njit(**_opts)
+def _unary(k, v, u):
+    """The clamp and rounding codes on one float32 value (QONNX Quant's operations)."""
+    if k == OP_MIN:
+        return u if v > u else v
+    if k == OP_MAX:
+        return u if v < u else v
+    if k == OP_ROUND:
+        return np.rint(v)  # half to even, as numpy.round
+    if k == OP_FLOOR:
+        return np.floor(v)
+    return np.ceil(v)
+
+
+@njit(**_opts)
 def _chain(codes, consts, t):
     """Apply the op chain to one row t (float32, one value per channel) in place."""
     c_ = t.shape[0]
@@ -155,9 +173,12 @@ def _chain(codes, consts, t):
         elif k == OP_DIV:
             for c in range(c_):
                 t[c] = t[c] / consts[i, c]
-        else:
+        elif k == OP_RDIV:
             for c in range(c_):
                 t[c] = consts[i, c] / t[c]
+        else:
+            for c in range(c_):
+                t[c] = _unary(k, t[c], consts[i, c])
 
 
 @njit(**_opts)
@@ -299,9 +320,12 @@ def _chain_scalar(codes, consts, c, t):
         elif k == OP_DIV:
             for p in range(t.shape[0]):
                 t[p] = t[p] / u
-        else:
+        elif k == OP_RDIV:
             for p in range(t.shape[0]):
                 t[p] = u / t[p]
+        else:
+            for p in range(t.shape[0]):
+                t[p] = _unary(k, t[p], u)
 
 
 @njit(**_opts)
@@ -394,6 +418,28 @@ def im2col(s, m, ternary, geom, chanmask, out_s, out_m):
                 for q in range(kh * kw * cw, out_s.shape[1]):  # row padding to whole groups
                     out_s[r, q] = 0
                     out_m[r, q] = 0
+
+
+@njit(**_opts)
+def im2col_f32(x, geom, out):
+    """Float patches of a real convolution: x (N, C, H, W) -> rows (N*OH*OW, C*KH*KW) in the
+    order of W.reshape(M, -1) (channel, then tap row-major); padded taps read 0. geom as
+    im2col's. One pass over the patches, so the GEMM that follows is one BLAS call."""
+    n_, c_, h_, w_ = x.shape
+    kh, kw, sh, sw, dh, dw, ph, pw_, oh, ow = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], \
+        geom[8], geom[9], geom[10], geom[11]
+    for n in range(n_):
+        for oy in range(oh):
+            for ox in range(ow):
+                r = (n * oh + oy) * ow + ox
+                col = 0
+                for c in range(c_):
+                    for ky in range(kh):
+                        iy = oy * sh - ph + ky * dh
+                        for kx in range(kw):
+                            ix = ox * sw - pw_ + kx * dw
+                            out[r, col] = x[n, c, iy, ix] if 0 <= iy < h_ and 0 <= ix < w_ else np.float32(0.0)
+                            col += 1
 
 
 @njit(**_opts)

@@ -7,11 +7,17 @@ The builder walks the graph's ops in order and picks one kernel per op (or per f
   the result's only reader is a tamec.Threshold, the threshold is fused and the output is
   written as packed bits for the next binary layer.
 - `pointwise`: chains of float32 Add/Sub/Mul/Div by per-channel constants and inference
-  BatchNormalization, optionally ending in a tamec.Threshold (which then writes packed bits
+  BatchNormalization and QONNX Quant (2+ bits), optionally ending in a tamec.Threshold (which then writes packed bits
   when a binary layer reads them, float32 otherwise); the real-input first layer's BN + sign
   and the real-valued head run here.
 - `maxpool` on packed bits; Flatten/Reshape of packed bits as a view (the next binary Linear's
   weights are permuted to the channels-last bit order at plan time).
+- `sgemm(BLAS)` / `conv(BLAS)`: real tamec.Linear, and real Conv over several input channels
+  (float im2col first), as one float32 BLAS GEMM through numpy (the evaluator's own call, so the
+  same sums), then the pointwise chain + threshold after it on the GEMM's channels-last rows,
+  writing packed bits directly. BLAS rather than a numba GEMM: OpenBLAS's packed, cache-blocked
+  sgemm is several times faster than a non-fast-math numba loop (which may not reorder the sums)
+  at these sizes, and its float32 rows stay in a reused buffer that is read once.
 - `pack` / `unpack`: conversions where a value is needed in the other form.
 - `reshape` / `flatten`: numpy views.
 - anything else: the reference evaluator's kernel for the op (BLAS for real Linear/Conv/Gemm,
@@ -33,7 +39,7 @@ from typing import Callable
 import numpy as np
 
 from tamec.errors import InputError, ModelStructureError, TamecError
-from tamec.evaluator import Evaluator
+from tamec.evaluator import Evaluator, _max_int, _min_int
 from tamec.ir.graph import Graph, Op, Value
 from tamec.ops import REGISTRY, attach, has
 from tamec.ops.conv import window
@@ -357,10 +363,13 @@ def _static(shape) -> tuple | None:
 attach("runtime", ["tamec.Linear", "Conv"], None, how="bgemm on packed bits when binary, else BLAS/numpy")
 attach("runtime", ["tamec.Threshold"], None, how="fused in bgemm/pointwise, writes packed bits")
 attach("runtime", ["MaxPool"], None, how="OR on packed bits when binary, else evaluator")
-attach("runtime", ["Add", "Sub", "Mul", "Div", "BatchNormalization"], None, how="pointwise chain")
+attach("runtime", ["Add", "Sub", "Mul", "Div", "BatchNormalization", "qonnx.custom_op.general.Quant"], None,
+       how="pointwise chain (Quant of 2+ bits with constant scale and zero point)")
 attach("runtime", ["Flatten", "Reshape", "Identity"], None, how="view")
 attach("runtime", sorted(q for q in REGISTRY if not has(q, "runtime")), None, how="evaluator kernel")
 
+_QUANT = "qonnx.custom_op.general.Quant"
+_ROUNDING = {"ROUND": K.OP_ROUND, "HALF_EVEN": K.OP_ROUND, "FLOOR": K.OP_FLOOR, "CEIL": K.OP_CEIL}
 _CHAIN_OPS = {"Add": (K.OP_ADD, K.OP_ADD), "Mul": (K.OP_MUL, K.OP_MUL), "Sub": (K.OP_SUB, K.OP_RSUB),
               "Div": (K.OP_DIV, K.OP_RDIV)}
 
@@ -488,11 +497,13 @@ class _Builder:
     def chain_link(self, op: Op) -> tuple[str, list[int], list[np.ndarray]] | None:
         """(x, codes, per-channel float32 constants) if `op` is a float32 pointwise op on x."""
         q = op.qualname
-        if q not in _CHAIN_OPS and q != "BatchNormalization":
+        if q not in _CHAIN_OPS and q not in ("BatchNormalization", _QUANT):
             return None
         out = self.value(op.outputs[0])
         if out.dtype != "float32" or len([o for o in op.outputs if o]) != 1:
             return None
+        if q == _QUANT:
+            return self.quant_link(op)
         if q == "BatchNormalization":
             if len(op.inputs) != 5 or int(op.attrs.get("training_mode", 0)):
                 return None
@@ -519,16 +530,42 @@ class _Builder:
         if (ca is None) == (cb is None):
             return None
         x, const, rev = (a, cb, False) if cb is not None else (b, ca, True)
+        k = self.per_channel(x, const)
+        if k is None:
+            return None
+        return x, [_CHAIN_OPS[q][1 if rev else 0]], [k]
+
+    def per_channel(self, x: str, const: np.ndarray | None) -> np.ndarray | None:
+        """`const` as one float32 per channel of the float32 value `x` (broadcast along axis 1),
+        or None if it does not broadcast that way."""
         xv = self.value(x)
         dims = _static(xv.shape)
-        if xv.dtype != "float32" or const.dtype != _F32 or not dims or const.ndim > len(xv.shape):
+        if const is None or xv.dtype != "float32" or const.dtype != _F32 or not dims or const.ndim > len(xv.shape):
             return None
         full = (1,) * (len(xv.shape) - const.ndim) + const.shape
         c = dims[0]
         if len(full) < 2 or full[0] != 1 or any(d != 1 for d in full[2:]) or full[1] not in (1, c):
             return None
-        code = _CHAIN_OPS[q][1 if rev else 0]
-        return x, [code], [np.broadcast_to(const.reshape(-1), (c,))]
+        return np.broadcast_to(const.reshape(-1), (c,))
+
+    def quant_link(self, op: Op) -> tuple[str, list[int], list[np.ndarray]] | None:
+        """QONNX Quant with constant float32 scale and zero point as the evaluator's operations:
+        x / scale + zeropt, clamped to the bit width's integers, rounded, - zeropt, * scale."""
+        x, sc, zp, bw = op.inputs
+        scale, zero = self.per_channel(x, self.fixed(sc)), self.per_channel(x, self.fixed(zp))
+        bits = self.fixed(bw)
+        rnd = _ROUNDING.get(str(op.attrs.get("rounding_mode", "ROUND")).upper())
+        if scale is None or zero is None or bits is None or bits.size != 1 or rnd is None \
+                or not {"signed", "narrow"} <= set(op.attrs):
+            return None
+        signed, narrow, b = int(op.attrs["signed"]), int(op.attrs["narrow"]), float(bits.reshape(-1)[0])
+        if b != int(b) or b < 2 or b > 24:  # 1 bit is a sign (canonicalize's Threshold)
+            return None
+        lo, hi = _min_int(signed, narrow, int(b)), _max_int(signed, narrow, int(b))
+        c = scale.shape[0]
+        full = lambda v: np.full(c, v, np.float32)  # noqa: E731
+        codes = [K.OP_DIV, K.OP_ADD, K.OP_MIN, K.OP_MAX, rnd, K.OP_SUB, K.OP_MUL]
+        return x, codes, [scale, zero, full(hi), full(lo), full(0), zero, scale]
 
     # -- build ----------------------------------------------------------------------------------
     def build(self) -> Plan:
@@ -563,7 +600,7 @@ class _Builder:
     def native(self, op: Op) -> bool:
         q = op.qualname
         if q == "tamec.Linear":
-            return self.gemm(op)
+            return self.gemm(op) or self.real_gemm(op)
         if q == "Conv":
             return self.gemm(op) or self.real_conv(op)
         if q == "MaxPool":
@@ -727,8 +764,9 @@ class _Builder:
         if conv is not None:
             names.insert(0, conv.id)
             self.done.update(names)
-            return self._conv1(conv, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals,
-                               [o.op_type for o in chain])
+            build = self._conv1 if conv.qualname == "Conv" and self._one_channel(conv) else self._sgemm
+            return build(conv, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals,
+                         [o.op_type for o in chain])
         src = self.dense(x0)
         dst = self._new_slot()
         key = ("pw", op.id)
@@ -776,26 +814,131 @@ class _Builder:
         self.steps.append(step)
         return True
 
-    # -- real convolution of a one-channel image ------------------------------------------------
+    # -- real convolution and real Linear: float GEMM, then the pointwise chain fused ----------
     def real_conv(self, op: Op) -> bool:
-        """Conv on a dense one-channel float32 image with constant weights: its own kernel (the
-        evaluator's arithmetic), with the pointwise chain and threshold after it fused in."""
+        """Conv on a dense float32 image with constant float32 weights, with the pointwise chain
+        and threshold after it fused in: one-channel images in their own kernel (the evaluator's
+        arithmetic), several channels as float im2col + one BLAS GEMM (`_sgemm`)."""
         x = op.inputs[0]
         w = self.fixed(op.inputs[1]) if len(op.inputs) > 1 else None
         xv, ov = self.value(x), self.value(op.outputs[0])
         dims = _static(xv.shape)
-        if w is None or w.dtype != _F32 or w.ndim != 4 or w.shape[1] != 1 or int(op.attrs.get("group", 1)) != 1 \
-                or xv.dtype != "float32" or ov.dtype != "float32" or not dims or len(dims) != 3 or dims[0] != 1:
+        if w is None or w.dtype != _F32 or w.ndim != 4 or int(op.attrs.get("group", 1)) != 1 \
+                or xv.dtype != "float32" or ov.dtype != "float32" or not dims or len(dims) != 3 \
+                or dims[0] != w.shape[1]:
             return False
+        if list(op.attrs.get("kernel_shape") or w.shape[2:]) != list(w.shape[2:]):
+            return False
+        return self._real_then_chain(op, w.shape[0])
+
+    def real_gemm(self, op: Op) -> bool:
+        """tamec.Linear of a dense float32 (N, K) value with constant float32 weights: one BLAS
+        GEMM (numpy's, the evaluator's own call), then the pointwise chain (+ threshold) fused."""
+        w = self.fixed(op.inputs[1])
+        xv, ov = self.value(op.inputs[0]), self.value(op.outputs[0])
+        dims = _static(xv.shape)
+        if w is None or w.dtype != _F32 or w.ndim != 2 or xv.dtype != "float32" or ov.dtype != "float32" \
+                or not dims or len(dims) != 1 or dims[0] != w.shape[1] or op.inputs[0] in op.inputs[1:]:
+            return False
+        return self._real_then_chain(op, w.shape[0])
+
+    def _real_then_chain(self, op: Op, m: int) -> bool:
         b = self.fixed(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] else None
-        if len(op.inputs) > 2 and op.inputs[2] and (b is None or b.dtype != _F32 or b.size != w.shape[0]):
+        if len(op.inputs) > 2 and op.inputs[2] and (b is None or b.dtype != _F32 or b.size != m):
             return False
-        if list(op.attrs.get("kernel_shape") or w.shape[2:]) != list(w.shape[2:]) or len([o for o in op.outputs if o]) != 1:
+        if len([o for o in op.outputs if o]) != 1:
             return False
         u = self.sole_user(op.outputs[0])
         if u is not None and not (self.chain_link(u) is not None or u.qualname == "tamec.Threshold"):
             u = None
         return self.pointwise(u, conv=op)
+
+    def _one_channel(self, conv: Op) -> bool:
+        return self.fixed(conv.inputs[1]).shape[1] == 1
+
+    def _sgemm(self, op, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals, chain_types):
+        """The float GEMM step of a real Linear or multi-channel Conv. The GEMM writes channels-last
+        rows (N*S, M) into a reused buffer (BLAS: see the module docstring for why), and
+        `pointwise` reads each row as one position's channels, so for a threshold it writes the
+        (N, S, CW) bit planes directly; the bias is the chain's first Add."""
+        conv = op.qualname == "Conv"
+        w = self.fixed(op.inputs[1])
+        b = self.fixed(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] else None
+        m_ = w.shape[0]
+        wt = np.ascontiguousarray(w.reshape(m_, -1).T)  # (K, M): rows @ wt is the evaluator's matmul
+        if b is not None:
+            codes_a = np.concatenate([[K.OP_ADD], codes_a]).astype(np.int64)
+            consts_a = np.ascontiguousarray(np.vstack([b.reshape(1, m_).astype(np.float32), consts_a]))
+        x_name = op.inputs[0]
+        src = self.dense(x_name)
+        dst = self._new_slot()
+        key = ("sgemm", op.id)
+        if conv:
+            c_, h, wd = _static(self.value(x_name).shape)
+            kh, kw = w.shape[2:]
+            win = window(op.attrs, (h, wd), [kh, kw])
+            oh, ow = win.out
+            if (m_, oh, ow) != tuple(dims):
+                raise ModelStructureError(f"Conv output {tuple(dims)} disagrees with its window {(m_, oh, ow)}")
+            geom = np.array([h, wd, kh, kw, *win.strides, *win.dilations, win.head[0], win.head[1], oh, ow],
+                            np.int64)
+            S, kdim = oh * ow, c_ * kh * kw
+        else:
+            S, kdim = 1, w.shape[1]
+        plain = mode == K.OUT_CHAIN and codes_a.size == 0  # a bare GEMM: no pointwise pass
+
+        def rows(env, arena):
+            """The GEMM's (N*S, M) result (in a reused buffer unless it is the plain output)."""
+            x = _f32(np.ascontiguousarray(env[src]))
+            n = x.shape[0]
+            if conv:
+                a = _buf(arena, key + ("cols",), (n * S, kdim), np.float32)
+                K.im2col_f32(x, geom, a)
+            else:
+                a = x.reshape(n, kdim)
+            y = np.empty((n * S, m_), np.float32) if plain else _buf(arena, key + ("y",), (n * S, m_), np.float32)
+            np.matmul(a, wt, out=y)
+            return n, y
+
+        if bits:
+            self.pslot[out] = (dst, rep)
+            cw = rep.CW
+
+            def fn(env, arena):
+                n, y = rows(env, arena)
+                s = _buf(arena, key + ("s",), (n, S, cw), np.uint64)
+                m = _buf(arena, key + ("m",), (n, S, cw), np.uint64)
+                z, _ = K.pointwise(y.reshape(n * S, m_, 1), codes_a, consts_a, mode, dn, up, pw, vals,
+                                   s.reshape(n * S, 1, cw), m.reshape(n * S, 1, cw), _DUMMY_F)
+                env[dst] = (s, m, z)
+        else:
+            self.slot[out] = dst
+            shape = tuple(dims)
+
+            def fn(env, arena):
+                n, y = rows(env, arena)
+                if not plain:
+                    o = np.empty((n * S, m_, 1), np.float32)
+                    K.pointwise(y.reshape(n * S, m_, 1), codes_a, consts_a, mode, dn, up, pw, vals,
+                                _DUMMY_U, _DUMMY_U, o)
+                    y = o.reshape(n * S, m_)
+                if conv:  # channels-last rows -> NCHW
+                    y = np.ascontiguousarray(y.reshape(n, S, m_).transpose(0, 2, 1))
+                env[dst] = y.reshape((n,) + shape)
+
+        thr = len(names) > 1 + len(chain_types)
+        kind = ("conv" if conv else "sgemm") + "(BLAS)" + ("+pointwise" if chain_types or b is not None else "") \
+            + ("+threshold" if thr else "") + ("->bits" if bits else "->float32")
+        desc = [f"{kdim}->{m_}" + (f", {kh}x{kw} im2col, {h}x{wd} -> {oh}x{ow}" if conv else "")]
+        if chain_types:
+            desc.append("chain " + ",".join(chain_types))
+        if bits:
+            desc.append("ternary out" if rep.ternary else "bipolar out")
+        step = Step(kind, tuple(names), (x_name,), (out,), "; ".join(desc), fn)
+        if not bits:
+            step.fresh = (dst,)
+        self.steps.append(step)
+        return True
 
     def _conv1(self, conv, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals, chain_types):
         w = self.fixed(conv.inputs[1])

@@ -1,0 +1,169 @@
+"""The forward runtime on the real-valued layers real exporters write (issue 11): Brevitas CNV's
+8-bit input Quant and first float conv, float first layers and heads (tamec.Linear, multi-channel
+Conv). Each model runs with a native kernel for every op (no `evaluator:` step) and equals
+onnxruntime or the QONNX executor (binary tensors bit for bit, floats within 1e-5)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import tamec
+from tamec.evaluator import Evaluator
+from tests.helpers import model as make_model
+from tests.helpers import ort_run
+from tests.test_runtime_forward import BINARY, qonnx_outputs
+
+DATA = Path(__file__).resolve().parent / "data"
+CNV = DATA / "cnv_w1a1_8.onnx"
+QONNX = "qonnx.custom_op.general"
+
+
+def _no_fallback(sess: tamec.Session) -> None:
+    text = str(sess.plan)
+    assert "evaluator:" not in text, text
+
+
+def _binary_equal(sess: tamec.Session, feeds: dict) -> int:
+    """Every binary tensor the plan materializes equals the evaluator's; returns how many."""
+    got = sess.plan.run(feeds, keep_all=True)
+    ref = Evaluator(sess.graph).run(feeds, keep_all=True)
+    n = 0
+    for name, v in got.items():
+        val = sess.graph.values[name]
+        if val.const is None and val.domain.kind in BINARY:
+            assert np.array_equal(v, ref[name]), name
+            n += 1
+    for o in sess.graph.outputs:
+        np.testing.assert_allclose(got[o], ref[o], rtol=1e-5, atol=1e-5)
+    return n
+
+
+def test_cnv_runs_natively_and_equals_qonnx():
+    """Brevitas CNV (QONNX export, width 8): the 8-bit input Quant and the first float conv run
+    natively, and the outputs equal the QONNX executor's (every binary tensor the evaluator's)."""
+    sess = tamec.Session(str(CNV))
+    _no_fallback(sess)
+    kinds = sess.plan.kernels()
+    first_conv = next(op for op in sess.graph.ops() if op.op_type == "Conv")
+    assert kinds[first_conv.id].startswith("conv(BLAS)"), kinds[first_conv.id]
+    rng = np.random.default_rng(0)
+    xs = [rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(4)]
+    xs.append(np.full((1, 3, 32, 32), 0.5, np.float32))  # 2x-1 = 0: the quantizer's zero
+    inp = sess.graph.inputs[0]
+    for x in xs[:2]:
+        assert _binary_equal(sess, {inp: x}) >= 8
+    got = np.concatenate([sess.run(None, {inp: x})[0] for x in xs])
+    np.testing.assert_allclose(got, qonnx_outputs(CNV, xs), rtol=1e-5, atol=1e-5)
+
+
+def _quant_model(scale, zp, bits, signed, narrow, mode, c=5):
+    q = helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], domain=QONNX, signed=signed, narrow=narrow,
+                         rounding_mode=mode)
+    m = make_model([q], [("x", [1, c, 4])], [("y", [1, c, 4])],
+                   {"s": np.asarray(scale, np.float32), "z": np.asarray(zp, np.float32),
+                    "b": np.asarray(bits, np.float32)}, extra_opsets=[(QONNX, 1)])
+    return m
+
+
+@pytest.mark.parametrize("mode", ["ROUND", "FLOOR", "CEIL"])
+@pytest.mark.parametrize("signed,narrow", [(1, 0), (1, 1), (0, 0)])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per-channel"])
+def test_quant_runs_in_the_pointwise_chain_and_equals_qonnx(mode, signed, narrow, per_channel, tmp_path):
+    """QONNX Quant (2..8 bits, every signed/narrow variant, three rounding modes, scalar or
+    per-channel scale and zero point) runs in the pointwise kernel and equals the QONNX executor
+    bit for bit, on half-way points, clamped values and NaN-free noise."""
+    c = 5
+    scale = np.array([0.25, 0.5, 0.125, 1.0, 0.0625], np.float32).reshape(1, c, 1) if per_channel else np.float32(0.25)
+    zp = np.array([0, 1, -1, 2, 0], np.float32).reshape(1, c, 1) if per_channel else np.float32(1.0)
+    m = _quant_model(scale, zp, 4 if per_channel else 8, signed, narrow, mode)
+    path = tmp_path / "quant.onnx"
+    onnx.save(m, str(path))
+    sess = tamec.Session(str(path))
+    _no_fallback(sess)
+    rng = np.random.default_rng(1)
+    xs = [rng.uniform(-40, 40, (1, c, 4)).astype(np.float32),
+          (rng.integers(-20, 20, (1, c, 4)) / 8 + 1 / 16).astype(np.float32),  # exact half-way points
+          np.linspace(-3, 3, 4 * c, dtype=np.float32).reshape(1, c, 4)]
+    got = np.concatenate([sess.run(None, {"x": x})[0] for x in xs])
+    np.testing.assert_array_equal(got, qonnx_outputs(path, xs))
+
+
+def _grid(rng, shape, step=0.125, lim=2.0):
+    """Floats on a coarse dyadic grid: every sum of a few thousand products is exact in float32,
+    so BLAS and onnxruntime agree whatever their summation order, and thresholds compare the same."""
+    return (rng.integers(-int(lim / step), int(lim / step) + 1, shape) * step).astype(np.float32)
+
+
+def _larq_mlp(k=100, h=70, classes=10, seed=0):
+    """A Larq MLP as tf2onnx writes it: real input -> MatMul(real W) -> Add -> Mul/Add (BN) ->
+    Sign(Add(Sign, 0.1)) -> MatMul(+-1) -> Add -> Mul/Add -> Sign(Add(Sign)) -> MatMul(real head)."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": _grid(rng, (k, h)), "b1": _grid(rng, h), "m1": rng.uniform(0.5, 1.5, h).astype(np.float32) *
+             rng.choice([-1, 1], h).astype(np.float32), "a1": _grid(rng, h), "c": np.float32(0.1),
+             "w2": rng.choice([-1.0, 1.0], (h, h)).astype(np.float32), "b2": _grid(rng, h),
+             "m2": rng.uniform(0.5, 1.5, h).astype(np.float32), "a2": _grid(rng, h),
+             "w3": _grid(rng, (h, classes)), "b3": _grid(rng, classes)}
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w1"], ["t1"]), n("Add", ["t1", "b1"], ["t2"]), n("Mul", ["t2", "m1"], ["t3"]),
+             n("Add", ["t3", "a1"], ["t4"]), n("Sign", ["t4"], ["t5"]), n("Add", ["t5", "c"], ["t6"]),
+             n("Sign", ["t6"], ["t7"]), n("MatMul", ["t7", "w2"], ["t8"]), n("Add", ["t8", "b2"], ["t9"]),
+             n("Mul", ["t9", "m2"], ["t10"]), n("Add", ["t10", "a2"], ["t11"]), n("Sign", ["t11"], ["t12"]),
+             n("Add", ["t12", "c"], ["t13"]), n("Sign", ["t13"], ["t14"]), n("MatMul", ["t14", "w3"], ["t15"]),
+             n("Add", ["t15", "b3"], ["y"])]
+    return make_model(nodes, [("x", ["N", k])], [("y", ["N", classes])], inits)
+
+
+def test_real_first_layer_and_head_of_an_mlp_run_natively():
+    """A Larq-style MLP's real first layer (float MatMul + bias + BN + sign, written as packed bits)
+    and its real head (binary input, float weights) run as BLAS GEMM steps, never in the
+    evaluator, and equal onnxruntime bit for bit at batch 1 and 67."""
+    m = _larq_mlp()
+    sess = tamec.Session(m)
+    _no_fallback(sess)
+    kinds = sorted(set(sess.plan.kernels().values()))
+    assert "sgemm(BLAS)+pointwise+threshold->bits" in kinds, kinds
+    rng = np.random.default_rng(2)
+    for n in (1, 67):
+        x = _grid(rng, (n, 100))
+        assert _binary_equal(sess, {"x": x}) >= 2
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(m, {"x": x})[0])
+
+
+@pytest.mark.parametrize("attrs", [dict(pads=[0, 0, 0, 0]), dict(pads=[1, 2, 1, 0], strides=[2, 1]),
+                                   dict(auto_pad="SAME_UPPER"), dict(pads=[2, 1, 2, 1], dilations=[2, 2])],
+                         ids=["valid", "pads-strides", "same", "dilated"])
+@pytest.mark.parametrize("packed", [False, True], ids=["float-out", "bits-out"])
+@pytest.mark.parametrize("cout", [7, 70])
+def test_real_multichannel_conv_runs_natively(attrs, packed, cout):
+    """A real Conv over 3 input channels with a bias, then BN -> Sign (read by a +-1 Conv as packed
+    bits, or a graph output) or nothing, runs as float im2col + BLAS with the chain fused, and
+    equals onnxruntime bit for bit at batch 1 and 5."""
+    rng = np.random.default_rng(4)
+    c, hw = 3, (9, 8)
+    inits = {"w": _grid(rng, (cout, c, 3, 3)), "bias": _grid(rng, cout),
+             "g": rng.uniform(0.5, 1.5, cout).astype(np.float32) * rng.choice([-1, 1], cout).astype(np.float32),
+             "be": _grid(rng, cout), "mu": _grid(rng, cout), "v": np.full(cout, 0.25 - 1e-5, np.float32)}
+    conv = helper.make_node("Conv", ["x", "w", "bias"], ["c"], kernel_shape=[3, 3], **attrs)
+    nodes = [conv, helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "v"], ["z"]),
+             helper.make_node("Sign", ["z"], ["s" if packed else "y"])]
+    if packed:
+        inits["w2"] = rng.choice([-1.0, 1.0], (4, cout, 1, 1)).astype(np.float32)
+        nodes.append(helper.make_node("Conv", ["s", "w2"], ["y"], kernel_shape=[1, 1]))
+    m = make_model(nodes, [("x", ["N", c, *hw])], [("y", None)], inits)
+    m = onnx.shape_inference.infer_shapes(m)
+    sess = tamec.Session(m)
+    _no_fallback(sess)
+    assert sess.plan.kernels()[sess.graph.ops()[0].id].startswith("conv(BLAS)"), str(sess.plan)
+    for n in (1, 5):
+        x = _grid(rng, (n, c, *hw))
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(m, {"x": x})[0])
+    # the bare conv (no chain after it) is a graph output in NCHW
+    bare = make_model([conv], [("x", ["N", c, *hw])], [("c", None)], {k: inits[k] for k in ("w", "bias")})
+    sess = tamec.Session(onnx.shape_inference.infer_shapes(bare))
+    _no_fallback(sess)
+    x = _grid(rng, (2, c, *hw))
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(bare, {"x": x})[0])
