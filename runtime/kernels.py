@@ -14,6 +14,9 @@
 - `im2col_f32`: the float patches of a real convolution with several input channels (then one
   BLAS GEMM, and `pointwise` on its channels-last rows writes the packed bits).
 - `im2col`: the packed patches of a binary convolution (taps outside the image get a zero mask).
+- `maxpool_map`: `maxpool` then a per-channel map of the pooled ternary value to a threshold's
+  values (a binary conv -> MaxPool -> BN -> sign fused on bits; see plan.pool_threshold).
+- `maxpool_f32`: max-pool of a float32 image (a pool between a conv and its BN, as Larq writes).
 - `maxpool`: max-pool on packed planes: OR of sign bits; for ternary values the mask plane is
   the OR of the +1s with the AND of the masks.
 
@@ -470,6 +473,71 @@ def maxpool(s, m, geom, out_s, out_m):
                             allm &= m[n, iy * w_ + ix, q]
                     out_s[n, o, q] = pos
                     out_m[n, o, q] = pos | allm
+
+
+@njit(**_opts)
+def maxpool_f32(x, geom, out):
+    """Max-pool of float32 x (N, C, H, W) -> out (N, C, OH, OW); geom as im2col's. Padded taps
+    are skipped (ONNX pads with -inf) and a NaN tap gives NaN (numpy.maximum, the evaluator's)."""
+    n_, c_, h_, w_ = x.shape
+    kh, kw, sh, sw, dh, dw, ph, pw_, oh, ow = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], \
+        geom[8], geom[9], geom[10], geom[11]
+    for n in range(n_):
+        for c in range(c_):
+            for oy in range(oh):
+                for ox in range(ow):
+                    v = -np.inf
+                    for ky in range(kh):
+                        iy = oy * sh - ph + ky * dh
+                        if iy < 0 or iy >= h_:
+                            continue
+                        for kx in range(kw):
+                            ix = ox * sw - pw_ + kx * dw
+                            if ix < 0 or ix >= w_:
+                                continue
+                            t = x[n, c, iy, ix]
+                            if t > v or t != t:
+                                v = t
+                            if v != v:
+                                break
+                    out[n, c, oy, ox] = v
+
+
+@njit(**_opts)
+def maxpool_map(s, m, geom, pw, out_s, out_m):
+    """`maxpool`'s ternary max on planes (N, H*W, CW), then each channel's pooled value v in
+    {+1, 0, -1} mapped to bits by the words pw (7, CW) = [P+, P-, P0, M+, M-, M0, valid] (the
+    layout of a threshold's above/below/tie words). Returns the zeros written."""
+    h_, w_, kh, kw, sh, sw, dh, dw, ph, pw_, oh, ow = geom
+    n_ = s.shape[0]
+    cw = s.shape[2]
+    full = ~np.uint64(0)
+    zeros = 0
+    for n in range(n_):
+        for oy in range(oh):
+            for ox in range(ow):
+                o = oy * ow + ox
+                for q in range(cw):
+                    pos = np.uint64(0)
+                    allm = full
+                    for ky in range(kh):
+                        iy = oy * sh - ph + ky * dh
+                        if iy < 0 or iy >= h_:
+                            continue
+                        for kx in range(kw):
+                            ix = ox * sw - pw_ + kx * dw
+                            if ix < 0 or ix >= w_:
+                                continue
+                            pos |= s[n, iy * w_ + ix, q]
+                            allm &= m[n, iy * w_ + ix, q]
+                    nz = pos | allm
+                    neg = nz & ~pos
+                    zer = ~nz
+                    out_s[n, o, q] = (pos & pw[0, q]) | (neg & pw[1, q]) | (zer & pw[2, q])
+                    mw = (pos & pw[3, q]) | (neg & pw[4, q]) | (zer & pw[5, q])
+                    out_m[n, o, q] = mw
+                    zeros += np.int64(popcount(pw[6, q] & ~mw))
+    return zeros
 
 
 # header of bgemm_chain's int64 table `meta` (then the layer rows, the bounds, the op codes)

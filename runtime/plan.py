@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -71,6 +71,7 @@ class Packed:
     shape: tuple
     ternary: bool
     CW: int = 0  # words per position; 0: the default, _cw(C, S)
+    hwc: bool = False  # a flat `shape` in channels-last order (f = s*C + c): a Transpose to NHWC, flattened
 
     def __post_init__(self):
         if not self.CW:
@@ -240,6 +241,14 @@ def _unpack_value(val, rep: Packed) -> np.ndarray:
     n = s.shape[0]
     out = np.empty((n, rep.C, rep.S), np.float32)
     unpack(s, m, rep.ternary, out)
+    return _logical(out, rep)
+
+
+def _logical(out: np.ndarray, rep: Packed) -> np.ndarray:
+    """Unpacked (N, C, S) values in the value's own shape (channels last for an `hwc` layout)."""
+    n = out.shape[0]
+    if rep.hwc:
+        out = np.ascontiguousarray(out.transpose(0, 2, 1))
     return out.reshape((n,) + rep.shape)
 
 
@@ -362,7 +371,8 @@ def _static(shape) -> tuple | None:
 # op runs on the evaluator's kernel (its evaluate hook), so every model the importer accepts runs.
 attach("runtime", ["tamec.Linear", "Conv"], None, how="bgemm on packed bits when binary, else BLAS/numpy")
 attach("runtime", ["tamec.Threshold"], None, how="fused in bgemm/pointwise, writes packed bits")
-attach("runtime", ["MaxPool"], None, how="OR on packed bits when binary, else evaluator")
+attach("runtime", ["MaxPool"], None, how="OR on packed bits when binary, else a float32 kernel")
+attach("runtime", ["Transpose"], None, how="view when only size-1 axes move, else a numpy copy")
 attach("runtime", ["Add", "Sub", "Mul", "Div", "BatchNormalization", "qonnx.custom_op.general.Quant"], None,
        how="pointwise chain (Quant of 2+ bits with constant scale and zero point)")
 attach("runtime", ["Flatten", "Reshape", "Identity"], None, how="view")
@@ -416,14 +426,13 @@ class _Builder:
         ps, rep = self.pslot[name]
         out = self.slot[name] = self._new_slot()
         key = ("unpack", name)
-        shape = rep.shape
 
         def fn(env, arena):
             s, m, _ = env[ps]
             n = s.shape[0]
             o = _buf(arena, key, (n, rep.C, rep.S), np.float32)
             unpack(s, m, rep.ternary, o)
-            env[out] = o.reshape((n,) + shape)
+            env[out] = _logical(o, rep)
 
         self.steps.append(Step("unpack", (), (name,), (name,), f"{rep.C}x{rep.S} bits -> float32", fn))
         return out
@@ -604,9 +613,11 @@ class _Builder:
         if q == "Conv":
             return self.gemm(op) or self.real_conv(op)
         if q == "MaxPool":
-            return self.maxpool(op)
+            return self.maxpool(op) or self.maxpool_f32(op)
         if q in ("Flatten", "Reshape", "Identity"):
             return self.reshape(op)
+        if q == "Transpose":
+            return self.pointwise(op) or self.transpose(op)
         if q == "tamec.Threshold" or self.chain_link(op) is not None:
             return self.pointwise(op)
         return False
@@ -648,7 +659,7 @@ class _Builder:
                 dims = _static(self.value(out).shape)
                 if dims is None or len(dims) != 1 or dims[0] != rep.C * rep.S:
                     return False
-                self.pslot[out] = (ps, Packed(rep.C, rep.S, rep.spatial, dims, rep.ternary))
+                self.pslot[out] = (ps, replace(rep, shape=dims))
             self.steps.append(Step("view(bits)", (op.id,), (x,), (out,), "no copy", None))
             return True
         if q == "Identity":
@@ -687,6 +698,38 @@ class _Builder:
         self.steps.append(Step("reshape", (op.id,), (x,), (out,), str(shp), fn, view=True))
         return True
 
+    def transpose(self, op: Op) -> bool:
+        """Transpose of a dense value that keeps the batch axis first: a view when it only moves
+        size-1 axes (tf2onnx's NHWC -> NCHW of a one-channel image), else one numpy copy."""
+        x, out = op.inputs[0], op.outputs[0]
+        xv = self.value(x)
+        dims, odims = _static(xv.shape), _static(self.value(out).shape)
+        rank = len(xv.shape) if xv.shape is not None else 0
+        perm = [int(p) for p in op.attrs.get("perm", list(range(rank))[::-1])]
+        if dims is None or odims is None or not perm or perm[0] != 0 or sorted(perm) != list(range(rank)):
+            return False
+        full = (0,) + dims
+        moved = [p for p in perm[1:] if full[p] != 1]
+        src = self.dense(x)
+        dst = self.slot[out] = self._new_slot()
+        if moved == sorted(moved):
+            def fn(env, arena):
+                a = env[src]
+                env[dst] = a.reshape((a.shape[0],) + odims)
+
+            self._view_of(x, out)
+            self.steps.append(Step("transpose(view)", (op.id,), (x,), (out,), f"perm={perm}, size-1 axes only",
+                                   fn, view=True))
+        else:
+            def fn(env, arena):
+                env[dst] = np.ascontiguousarray(env[src].transpose(perm))
+
+            st = Step("transpose(copy)", (op.id,), (x,), (out,), f"perm={perm}", fn)
+            st.fresh = (dst,)
+            self.steps.append(st)
+        self.done.add(op.id)
+        return True
+
     # -- pointwise chains and thresholds --------------------------------------------------------
     def gather(self, op: Op):
         """The pointwise chain starting at `op` and the threshold ending it (if any):
@@ -713,25 +756,58 @@ class _Builder:
                 break
             cur = nxt
         thr = None
+        tail: list[Op] = []
         last = chain[-1].outputs[0] if chain else None
         if chain:
             u = self.sole_user(last)
             if u is not None and u.qualname == "tamec.Threshold" and u.inputs[0] == last:
                 thr = u
+            else:
+                tail, thr = self.layout_tail(last)
         elif op.qualname == "tamec.Threshold":
             thr, x0 = op, op.inputs[0]
-        return chain, codes, consts, thr, x0
+        elif op.qualname == "Transpose":
+            tail, thr = self.layout_tail(op.inputs[0])
+            x0 = op.inputs[0] if thr is not None else None
+        return chain, codes, consts, thr, x0, tail
+
+    def layout_tail(self, name: str) -> tuple[list[Op], Op | None]:
+        """Transpose(NCHW -> NHWC) -> Flatten/Reshape to (N, H*W*C) -> a Threshold with one tau
+        for all (tf2onnx's Flatten of a Keras model, before the next layer's sign): the threshold
+        moves before the layout ops (it is the same for every element), and its bits in the
+        `hwc` order are what the next binary Linear reads. ([], None) if `name` is not read so."""
+        v = self.value(name)
+        dims = _static(v.shape)
+        tr = self.sole_user(name)
+        if dims is None or len(dims) != 3 or tr is None or tr.qualname != "Transpose" \
+                or [int(p) for p in tr.attrs.get("perm", ())] != [0, 2, 3, 1]:
+            return [], None
+        fl = self.sole_user(tr.outputs[0])
+        if fl is None or fl.qualname not in ("Flatten", "Reshape") or fl.inputs[0] != tr.outputs[0] \
+                or _static(self.value(fl.outputs[0]).shape) != (math.prod(dims),) \
+                or fl.qualname == "Flatten" and int(fl.attrs.get("axis", 1)) != 1:
+            return [], None
+        thr = self.sole_user(fl.outputs[0])
+        if thr is None or thr.qualname != "tamec.Threshold" or thr.inputs[0] != fl.outputs[0]:
+            return [], None
+        try:
+            p = ThresholdParams.of(thr)
+        except TamecError:
+            return [], None
+        if p.tau.size != 1 or p.flip.size != 1 or not self.wants_packed(thr.outputs[0]):
+            return [], None
+        return [tr, fl], thr
 
     def pointwise(self, op: Op, conv: Op | None = None) -> bool:
         """A pointwise chain (+ threshold) from `op`; with `conv`, the real one-channel Conv whose
         only reader `op` is (None: no chain) runs first in the same kernel."""
         if op is not None:
-            chain, codes, consts, thr, x0 = self.gather(op)
+            chain, codes, consts, thr, x0, tail = self.gather(op)
         else:
-            chain, codes, consts, thr, x0 = [], [], [], None, None
+            chain, codes, consts, thr, x0, tail = [], [], [], None, None, []
         if conv is not None:
             if chain and x0 != conv.outputs[0] or not chain and thr is not None and thr.inputs[0] != conv.outputs[0]:
-                chain, codes, consts, thr = [], [], [], None
+                chain, codes, consts, thr, tail = [], [], [], None, []
             x0 = conv.outputs[0]
         last = chain[-1].outputs[0] if chain else (x0 if conv is not None else None)
         if thr is None and not chain and conv is None:
@@ -745,22 +821,24 @@ class _Builder:
         t = None
         if thr is not None:
             t = _threshold(thr, c, len(xv.shape))
-            if t is None or self.value(thr.outputs[0]).dtype != "float32":
+            if t is None or self.value(thr.outputs[0]).dtype != "float32" or tail and not t.packable:
                 if not chain and conv is None:
                     return False
-                thr = None
+                thr, tail = None, []
         out = thr.outputs[0] if thr is not None else last
         bits = thr is not None and t.packable and self.wants_packed(out)
         codes_a = np.asarray(codes, np.int64) if codes else _NO_CODES
         consts_a = np.ascontiguousarray(np.stack(consts).astype(np.float32)) if consts else np.zeros((0, c), np.float32)
         rep = Packed(c, S, sp if len(sp) == 2 else (), dims, t.can_zero(False)) if bits else None
+        if tail:
+            rep = replace(rep, shape=(c * S,), hwc=True)
         cw = rep.CW if bits else 1
         dn, up = t.float_bounds(max(c, cw * WORD)) if t is not None else (_NO_F, _NO_F)
         # bit words only for packed output (OUT_BITS reads them); a float output has no words
         pw = t.words(cw) if bits else _DUMMY_U2
         vals = t.vals() if t is not None else np.zeros((3, c), np.float32)
         mode = K.OUT_BITS if bits else (K.OUT_FLOAT if thr is not None else K.OUT_CHAIN)
-        names = [o.id for o in chain] + ([thr.id] if thr is not None else [])
+        names = [o.id for o in chain] + [o.id for o in tail] + ([thr.id] if thr is not None else [])
         if conv is not None:
             names.insert(0, conv.id)
             self.done.update(names)
@@ -1017,7 +1095,7 @@ class _Builder:
         J = w.shape[0]
         kw_words = rep.S * rep.CW  # words per GEMM row
         if conv:
-            if len(rep.spatial) != 2 or w.shape[1] != rep.C:
+            if len(rep.spatial) != 2 or w.shape[1] != rep.C or rep.hwc:
                 return False
             kh, kw = w.shape[2:]
             ks = list(op.attrs.get("kernel_shape") or [kh, kw])
@@ -1039,8 +1117,8 @@ class _Builder:
             kdim = w.shape[1]
             if len(rep.shape) != 1 or rep.shape[0] != kdim:
                 return False
-            # feature f = c*S + s sits at bit s*CW*64 + c of the packed row
-            wb = w.reshape(J, rep.C, rep.S).transpose(0, 2, 1)
+            # feature f = c*S + s (f = s*C + c for the hwc order) sits at bit s*CW*64 + c of the row
+            wb = w.reshape(J, rep.S, rep.C) if rep.hwc else w.reshape(J, rep.C, rep.S).transpose(0, 2, 1)
             wb = np.pad(wb, [(0, 0), (0, 0), (0, rep.CW * WORD - rep.C)]).reshape(J, -1)
             kvalid, padded, geom = kdim, False, None
             out_rep = Packed(J, 1, (), (J,), False)
@@ -1063,8 +1141,15 @@ class _Builder:
             bmax = float(np.abs(bias_a).max()) if bias is not None else 0.0
             if t is None or not t.packable or kvalid + bmax >= _EXACT:
                 t = None
-        fused = t is not None
-        if fused:
+        pooled = None
+        if t is None and conv and thr is not None and thr.qualname == "MaxPool" and bmode != K.BIAS_FLOAT:
+            pooled = self.pool_threshold(thr, out_rep, kvalid, bias_a if bias is not None else None, js)
+        fused = t is not None or pooled is not None
+        if pooled is not None:
+            tlo, thi, pw, pool_geom, map_words, final_rep, names, out = pooled
+            names = (op.id,) + tuple(names)
+            out_rep = Packed(J, out_rep.S, out_rep.spatial, out_rep.shape, True)
+        elif fused:
             out_rep = Packed(out_rep.C, out_rep.S, out_rep.spatial, out_rep.shape, t.can_zero(True))
             tlo, thi = t.int_bounds(js, bias_a if bias is not None else None)
             pw = t.words(out_rep.CW)
@@ -1076,14 +1161,19 @@ class _Builder:
         key = ("gemm", op.id)
         tern_in = rep.ternary
         cw_in, jw = rep.CW, out_rep.CW
-        names = (op.id, thr.id) if fused else (op.id,)
+        if pooled is None:
+            names = (op.id, thr.id) if fused else (op.id,)
         self.done.update(names)
         kind = ("bconv" if conv else "bgemm") + ("+threshold->bits" if fused else "->float32")
+        if pooled is not None:
+            kind = "bconv+maxpool+threshold->bits"
         detail = f"K={kvalid} ({kw_words} words{', im2col' if conv else ''}), J={J}"
         if rep.ternary:
             detail += ", ternary in"
         if fused:
-            detail += ", ternary out" if out_rep.ternary else ", bipolar out"
+            detail += ", ternary out" if (final_rep if pooled else out_rep).ternary else ", bipolar out"
+        if pooled is not None:
+            detail += f", pool {final_rep.spatial[0]}x{final_rep.spatial[1]} on bits"
         if not conv:
             layer = _Layer(kw_words, kvalid, wT, tlo, thi, pw if fused else np.zeros((7, 1), np.uint64),
                            bias_a, bmode, K.OUT_BITS if fused else K.OUT_FLOAT, J,
@@ -1124,7 +1214,23 @@ class _Builder:
             K.im2col(s, m, t_, geom, chanmask, cs, cm)
             return n, cs, cm, t_ or padded
 
-        if fused:
+        if pooled is not None:
+            self.pslot[out] = (dst, final_rep)
+            po = final_rep.S
+
+            def fn(env, arena):
+                n, a, am, tern = rows_of(env, arena)
+                r = a.shape[0]
+                acc = _buf(arena, key + ("acc",), (4 * js,), np.int64)
+                os_ = _buf(arena, key + ("s",), (r, jw), np.uint64)
+                om = _buf(arena, key + ("m",), (r, jw), np.uint64)
+                K.bgemm(a, am, tern, kvalid, wT, jc, K.OUT_BITS, tlo, thi, pw, bias_a, bmode,
+                        os_, om, _DUMMY_F2, acc)
+                ps_ = _buf(arena, key + ("ps",), (n, po, jw), np.uint64)
+                pm = _buf(arena, key + ("pm",), (n, po, jw), np.uint64)
+                z = K.maxpool_map(os_.reshape(n, oh_ow, jw), om.reshape(n, oh_ow, jw), pool_geom, map_words, ps_, pm)
+                env[dst] = (ps_, pm, z)
+        elif fused:
             self.pslot[out] = (dst, out_rep)
 
             def fn(env, arena):
@@ -1151,11 +1257,81 @@ class _Builder:
                         (n,) + out_rep.shape)
                 env[dst] = of
 
-        step = Step(kind, names, (x,), (out,), detail, fn)
+        step = Step(kind, tuple(names), (x,), (out,), detail, fn)
         if not fused:
             step.fresh = (dst,)
         self.steps.append(step)
         return True
+
+    def pool_threshold(self, pool: Op, conv_rep: Packed, k: int, bias: np.ndarray | None, js: int):
+        """A binary conv's integer output -> MaxPool -> a monotone pointwise chain -> Threshold
+        (Larq's QuantConv -> MaxPool -> BatchNorm -> sign), computed on bits without the float
+        image. Per channel the chain and threshold are evaluated (in float32, as the plan's
+        pointwise kernel) on every reachable integer dot d; where that state (below < tie <
+        above) is monotone in d, the epilogue writes v = state - 1 (increasing) or 1 - state
+        (decreasing), which is non-decreasing in d, so max-pool commutes with it: the pool is
+        the ternary max on bits, and `maxpool_map` maps the pooled v to the threshold's values.
+        Returns None where that does not hold exactly."""
+        if len([o for o in pool.outputs if o]) != 1 or len(pool.attrs.get("kernel_shape", ())) != 2:
+            return None
+        po = pool.outputs[0]
+        u = self.sole_user(po)
+        if u is None:
+            return None
+        if u.qualname == "tamec.Threshold":
+            chain, codes, consts, thr, x0, tail = [], [], [], u, po, []
+        else:
+            chain, codes, consts, thr, x0, tail = self.gather(u)
+        pdims = _static(self.value(po).shape)
+        if thr is None or x0 != po or pdims is None or self.value(thr.outputs[0]).dtype != "float32" \
+                or not self.wants_packed(thr.outputs[0]):
+            return None
+        J = conv_rep.C
+        t = _threshold(thr, J, 4)
+        if t is None or not t.packable:
+            return None
+        b = np.zeros(J, np.int64) if bias is None else bias.astype(np.int64)
+        if k + int(np.abs(b).max()) >= _EXACT:
+            return None
+        d = np.arange(-k, k + 1, dtype=np.int64)
+        v = (d[None, :] + b[:, None]).astype(np.float32)  # the conv's float32 output, exact
+        consts_a = np.stack(consts).astype(np.float32) if consts else np.zeros((0, J), np.float32)
+        with np.errstate(all="ignore"):
+            v = _chain_np(codes, consts_a, v)
+            vf, tau = v.astype(np.float64), t.tau[:, None]
+            rank = np.where(vf > tau, 2, np.where(vf < tau, 0, 1))  # NaN tau: always the tie
+        steps = np.diff(rank, axis=1)
+        inc, dec = np.all(steps >= 0, axis=1), np.all(steps <= 0, axis=1)
+        if not np.all(inc | dec):
+            return None  # a non-monotone chain (NaN, c / x): max-pool does not commute
+        enc = np.where(inc[:, None], rank - 1, 1 - rank)  # non-decreasing in d
+        tlo = np.full(js, -_BIG, np.int64)
+        thi = np.full(js, _BIG, np.int64)
+        for j in range(J):
+            neg, pos = d[enc[j] < 0], d[enc[j] > 0]
+            if neg.size:
+                tlo[j] = neg.max()
+            if pos.size:
+                thi[j] = pos.min()
+        cw = conv_rep.CW
+        ones = np.ones(J)
+        encode = _Thr(np.zeros(J), ones, -ones, np.zeros(J)).words(cw)  # above +1, below -1, tie 0
+        # pooled v -> value: +1 is "above" for increasing channels, "below" for decreasing ones
+        vpos, vneg = np.where(inc, t.va, t.vb), np.where(inc, t.vb, t.va)
+        mapped = _Thr(t.tau, vpos, vneg, t.vt)
+        sp = conv_rep.spatial
+        win = window(pool.attrs, sp, list(pool.attrs["kernel_shape"]), bool(pool.attrs.get("ceil_mode", 0)))
+        oh, ow = win.out
+        if (J, oh, ow) != tuple(pdims):
+            return None
+        geom = np.array([sp[0], sp[1], *win.kernel, *win.strides, *win.dilations, win.head[0], win.head[1], oh, ow],
+                        np.int64)
+        zero_ok = bool(np.any(enc == 0)) and bool(np.any(t.vt == 0)) or bool(np.any(vpos == 0) | np.any(vneg == 0))
+        final = Packed(J, oh * ow, (oh, ow), (J, oh, ow), zero_ok)
+        if tail:
+            final = replace(final, shape=(J * oh * ow,), hwc=True)
+        names = [pool.id] + [o.id for o in chain] + [o.id for o in tail] + [thr.id]
+        return tlo, thi, encode, geom, mapped.words(cw), final, names, thr.outputs[0]
 
     # -- max-pool on bits -----------------------------------------------------------------------
     def maxpool(self, op: Op) -> bool:
@@ -1163,7 +1339,7 @@ class _Builder:
         if not self.gemm_ok(op, x) or x not in self.pslot:
             return False
         ps, rep = self.pslot[x]
-        if len(rep.spatial) != 2:
+        if len(rep.spatial) != 2 or rep.hwc:
             return False
         win = window(op.attrs, rep.spatial, list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
         oh, ow = win.out
@@ -1186,6 +1362,34 @@ class _Builder:
         self.done.add(op.id)
         self.steps.append(Step("maxpool(bits)", (op.id,), (x,), (out,),
                                f"{rep.C} ch, {rep.spatial[0]}x{rep.spatial[1]} -> {oh}x{ow}", fn))
+        return True
+
+
+    def maxpool_f32(self, op: Op) -> bool:
+        """Max-pool of a dense float32 image (no Indices output)."""
+        x, out = op.inputs[0], op.outputs[0]
+        xv = self.value(x)
+        dims = _static(xv.shape)
+        if xv.dtype != "float32" or dims is None or len(dims) != 3 or len([o for o in op.outputs if o]) != 1 \
+                or len(op.attrs.get("kernel_shape", ())) != 2:
+            return False
+        c, h, w = dims
+        win = window(op.attrs, (h, w), list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
+        oh, ow = win.out
+        geom = np.array([h, w, *win.kernel, *win.strides, *win.dilations, win.head[0], win.head[1], oh, ow], np.int64)
+        src = self.dense(x)
+        dst = self.slot[out] = self._new_slot()
+
+        def fn(env, arena):
+            a = _f32(np.ascontiguousarray(env[src]))
+            o = np.empty((a.shape[0], c, oh, ow), np.float32)
+            K.maxpool_f32(a, geom, o)
+            env[dst] = o
+
+        self.done.add(op.id)
+        st = Step("maxpool(float32)", (op.id,), (x,), (out,), f"{c} ch, {h}x{w} -> {oh}x{ow}", fn)
+        st.fresh = (dst,)
+        self.steps.append(st)
         return True
 
 
@@ -1349,6 +1553,38 @@ class _Segment:
             st.parts.insert(0, (self.pre.kernel, self.pre.ops, self.pre.reads, self.pre.writes, self.pre.detail))
         st.kernel = ls[0].kind if len(st.parts) == 1 else f"bgemm-chain x{len(ls)}" + (" +input" if pre else "")
         st.detail = ls[0].detail if len(st.parts) == 1 else "one call, no Python between layers"
+
+
+def _chain_np(codes, consts: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The pointwise op chain in numpy on float32 v (C, D), constants (L, C): the same float32
+    operations as kernels._chain, for plan-time tables."""
+    f32 = np.float32
+    for k, c in zip(codes, consts):
+        c = c[:, None]
+        if k == K.OP_MUL:
+            v = v * c
+        elif k == K.OP_ADD:
+            v = v + c
+        elif k == K.OP_SUB:
+            v = v - c
+        elif k == K.OP_RSUB:
+            v = c - v
+        elif k == K.OP_DIV:
+            v = v / c
+        elif k == K.OP_RDIV:
+            v = c / v
+        elif k == K.OP_MIN:
+            v = np.where(v > c, c, v)
+        elif k == K.OP_MAX:
+            v = np.where(v < c, c, v)
+        elif k == K.OP_ROUND:
+            v = np.rint(v)
+        elif k == K.OP_FLOOR:
+            v = np.floor(v)
+        else:
+            v = np.ceil(v)
+        v = v.astype(f32, copy=False)
+    return v
 
 
 def _nonfinite(name: str) -> InputError:

@@ -13,6 +13,8 @@ from onnx import helper
 
 import tamec
 from tamec.evaluator import Evaluator
+from tamec.ops.conv import window
+from tamec.runtime import kernels as K
 from tests.helpers import model as make_model
 from tests.helpers import ort_run
 from tests.test_runtime_forward import BINARY, qonnx_outputs
@@ -167,3 +169,125 @@ def test_real_multichannel_conv_runs_natively(attrs, packed, cout):
     _no_fallback(sess)
     x = _grid(rng, (2, c, *hw))
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(bare, {"x": x})[0])
+
+
+def _larq_cnn(c1=32, c2=64, hw=28, classes=10, seed=0):
+    """A Larq CNN in the form tf2onnx writes it: NHWC input -> Transpose -> QuantConv(real input,
+    latent weights behind ste_sign) -> BN as Mul/Add -> ste_sign -> QuantConv 'same' -> MaxPool ->
+    BN -> Transpose to NHWC -> Reshape -> ste_sign -> QuantDense -> bias -> BN."""
+    rng = np.random.default_rng(seed)
+    f = np.float32
+
+    def bn(c, shape):
+        g = rng.uniform(0.5, 1.5, c) * rng.choice([-1, 1], c, p=[0.25, 0.75])
+        mul = (g / np.sqrt(rng.uniform(2, 20, c) + 1e-3)).astype(f).reshape(shape)
+        return mul, rng.normal(0, 0.5, c).astype(f).reshape(shape)
+
+    h2 = (hw - 2) // 2
+    i = {"w1": rng.normal(0, 1, (c1, 1, 3, 3)).astype(f), "b1": rng.normal(0, 0.1, c1).astype(f),
+         "w2": rng.normal(0, 1, (c2, c1, 3, 3)).astype(f), "w3": rng.normal(0, 1, (h2 * h2 * c2, classes)).astype(f),
+         "b3": rng.normal(0, 0.1, classes).astype(f), "c": np.array(0.1, f),
+         "shape": np.array([-1, h2 * h2 * c2], np.int64)}
+    i["m1"], i["a1"] = bn(c1, (c1, 1, 1))
+    i["m2"], i["a2"] = bn(c2, (c2, 1, 1))
+    i["m3"], i["a3"] = bn(classes, (classes,))
+    n = helper.make_node
+
+    def ste(x, y):
+        return [n("Sign", [x], [y + "_s0"]), n("Add", [y + "_s0", "c"], [y + "_s1"]), n("Sign", [y + "_s1"], [y])]
+
+    nodes = [n("Transpose", ["input_1"], ["t0"], perm=[0, 3, 1, 2])] + ste("w1", "w1q") + [
+        n("Conv", ["t0", "w1q", "b1"], ["c1"], kernel_shape=[3, 3], pads=[0, 0, 0, 0]),
+        n("Mul", ["c1", "m1"], ["bn1m"]), n("Add", ["bn1m", "a1"], ["bn1"])] + ste("bn1", "q1") + ste("w2", "w2q") + [
+        n("Conv", ["q1", "w2q"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        n("MaxPool", ["c2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("Mul", ["p2", "m2"], ["bn2m"]), n("Add", ["bn2m", "a2"], ["bn2"]),
+        n("Transpose", ["bn2"], ["t2"], perm=[0, 2, 3, 1]), n("Reshape", ["t2", "shape"], ["flat"])] + \
+        ste("flat", "q2") + ste("w3", "w3q") + [
+        n("MatMul", ["q2", "w3q"], ["d3"]), n("Add", ["d3", "b3"], ["d3b"]),
+        n("Mul", ["d3b", "m3"], ["bn3m"]), n("Add", ["bn3m", "a3"], ["y"])]
+    return make_model(nodes, [("input_1", ["unk__1", hw, hw, 1])], [("y", ["unk__2", classes])], i)
+
+
+def test_larq_cnn_runs_natively_with_pool_and_flatten_on_bits():
+    """The tf2onnx Larq CNN runs with no evaluator step: the NHWC input Transpose is a view, the
+    binary conv -> MaxPool -> BN -> NHWC flatten -> sign is one kernel writing bits in the NHWC
+    order the dense layer reads, and it equals onnxruntime at batch 1 and 9."""
+    m = _larq_cnn(c1=8, c2=16, hw=12)
+    sess = tamec.Session(m)
+    _no_fallback(sess)
+    kinds = set(sess.plan.kernels().values())
+    assert "bconv+maxpool+threshold->bits" in kinds and "transpose(view)" in kinds, str(sess.plan)
+    rng = np.random.default_rng(3)
+    for n in (1, 9):
+        x = rng.random((n, 12, 12, 1), dtype=np.float32)
+        assert _binary_equal(sess, {"input_1": x}) >= 2
+        np.testing.assert_allclose(sess.run(None, {"input_1": x})[0], ort_run(m, {"input_1": x})[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def _pool_after_conv(pool, mul, add, tail, cout=70, c=5, hw=7):
+    """Sign(x) -> Conv(+-1, pad 1) -> MaxPool -> Mul -> Add -> [Transpose -> Flatten] -> Sign ->
+    a +-1 reader (Conv 1x1, or MatMul after the flatten)."""
+    rng = np.random.default_rng(8)
+    inits = {"w": rng.choice([-1.0, 1.0], (cout, c, 3, 3)).astype(np.float32), "mul": mul, "add": add}
+    n = helper.make_node
+    nodes = [n("Sign", ["x"], ["s"]), n("Conv", ["s", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             n("MaxPool", ["c"], ["p"], **pool), n("Mul", ["p", "mul"], ["pm"]), n("Add", ["pm", "add"], ["pa"])]
+    win = window(pool, (hw, hw), pool["kernel_shape"])
+    oh, ow = win.out
+    if tail:
+        inits["w2"] = rng.choice([-1.0, 1.0], (cout * oh * ow, 3)).astype(np.float32)
+        nodes += [n("Transpose", ["pa"], ["t"], perm=[0, 2, 3, 1]), n("Flatten", ["t"], ["f"]),
+                  n("Sign", ["f"], ["q"]), n("MatMul", ["q", "w2"], ["y"])]
+    else:
+        inits["w2"] = rng.choice([-1.0, 1.0], (3, cout, 1, 1)).astype(np.float32)
+        nodes += [n("Sign", ["pa"], ["q"]), n("Conv", ["q", "w2"], ["y"], kernel_shape=[1, 1])]
+    m = make_model(nodes, [("x", ["N", c, hw, hw])], [("y", None)], inits)
+    return onnx.shape_inference.infer_shapes(m)
+
+
+@pytest.mark.parametrize("tail", [False, True], ids=["nchw", "nhwc-flatten"])
+@pytest.mark.parametrize("pool", [dict(kernel_shape=[2, 2], strides=[2, 2]),
+                                  dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                                  dict(kernel_shape=[2, 2], strides=[1, 1], ceil_mode=1)],
+                         ids=["2x2", "3x3-pad", "overlap-ceil"])
+def test_maxpool_between_binary_conv_and_threshold_is_exact_on_bits(pool, tail):
+    """Binary conv -> MaxPool -> BN (gammas of both signs, zero gammas, biases that make every
+    threshold land on an integer dot so Sign's tie 0 is reached) -> Sign runs as one kernel on
+    bits and equals onnxruntime bit for bit (and the evaluator on every binary tensor)."""
+    cout = 70
+    rng = np.random.default_rng(9)
+    mul = rng.choice([-1.5, -0.5, 0.0, 0.5, 2.0], cout).astype(np.float32).reshape(cout, 1, 1)
+    add = (-mul.reshape(-1) * rng.integers(-6, 7, cout)).astype(np.float32).reshape(cout, 1, 1)
+    m = _pool_after_conv(pool, mul, add, tail, cout)
+    sess = tamec.Session(m)
+    _no_fallback(sess)
+    assert "bconv+maxpool+threshold->bits" in set(sess.plan.kernels().values()), str(sess.plan)
+    for n in (1, 6):
+        x = rng.choice([-1.0, 0.5, 1.0], (n, 5, 7, 7)).astype(np.float32)
+        assert _binary_equal(sess, {"x": x}) >= 2
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(m, {"x": x})[0])
+
+
+def test_float_maxpool_and_transpose_run_natively():
+    """A real conv -> MaxPool (float32, padded) -> Transpose (a copy) is native and equals
+    onnxruntime; a NaN in the pooled window gives NaN, as numpy's maximum does."""
+    rng = np.random.default_rng(6)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             n("MaxPool", ["c"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             n("Transpose", ["p"], ["y"], perm=[0, 2, 3, 1])]
+    m = onnx.shape_inference.infer_shapes(
+        make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", None)], {"w": _grid(rng, (6, 3, 3, 3))}))
+    sess = tamec.Session(m)
+    _no_fallback(sess)
+    kinds = set(sess.plan.kernels().values())
+    assert {"maxpool(float32)", "transpose(copy)"} <= kinds, kinds
+    x = _grid(rng, (2, 3, 8, 8))
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(m, {"x": x})[0])
+    c = np.zeros((1, 1, 4, 4), np.float32)
+    c[0, 0, 1, 1] = np.nan
+    o = np.empty((1, 1, 2, 2), np.float32)
+    K.maxpool_f32(c, np.array([4, 4, 2, 2, 2, 2, 1, 1, 0, 0, 2, 2], np.int64), o)
+    assert np.isnan(o[0, 0, 0, 0]) and np.all(o.ravel()[1:] == 0)
