@@ -772,17 +772,26 @@ class _Builder:
         return chain, codes, consts, thr, x0, tail
 
     def layout_tail(self, name: str) -> tuple[list[Op], Op | None]:
-        """Transpose(NCHW -> NHWC) -> Flatten/Reshape to (N, H*W*C) -> a Threshold with one tau
-        for all (tf2onnx's Flatten of a Keras model, before the next layer's sign): the threshold
-        moves before the layout ops (it is the same for every element), and its bits in the
-        `hwc` order are what the next binary Linear reads. ([], None) if `name` is not read so."""
+        """tf2onnx's layout ops around a Threshold with one tau for all elements (the next Larq
+        layer's sign), which then moves before them (it is the same for every element):
+        - Transpose(NCHW -> NHWC) -> Threshold -> Transpose(NHWC -> NCHW) (the sign between two
+          convs): the bits are the usual NCHW planes of the last Transpose's output;
+        - Transpose(NCHW -> NHWC) -> Flatten/Reshape to (N, H*W*C) -> Threshold (Flatten before a
+          Dense): its bits in the `hwc` order are what the next binary Linear reads.
+        ([], None) if `name` is not read so."""
         v = self.value(name)
         dims = _static(v.shape)
         tr = self.sole_user(name)
         if dims is None or len(dims) != 3 or tr is None or tr.qualname != "Transpose" \
                 or [int(p) for p in tr.attrs.get("perm", ())] != [0, 2, 3, 1]:
             return [], None
-        fl = self.sole_user(tr.outputs[0])
+        mid = self.sole_user(tr.outputs[0])
+        back = self.sole_user(mid.outputs[0]) if mid is not None and mid.qualname == "tamec.Threshold" else None
+        if back is not None and back.qualname == "Transpose" and mid.inputs[0] == tr.outputs[0] \
+                and [int(p) for p in back.attrs.get("perm", ())] == [0, 3, 1, 2] and self._uniform(mid) \
+                and self.wants_packed(back.outputs[0]):
+            return [tr, back], mid
+        fl = mid
         if fl is None or fl.qualname not in ("Flatten", "Reshape") or fl.inputs[0] != tr.outputs[0] \
                 or _static(self.value(fl.outputs[0]).shape) != (math.prod(dims),) \
                 or fl.qualname == "Flatten" and int(fl.attrs.get("axis", 1)) != 1:
@@ -790,13 +799,18 @@ class _Builder:
         thr = self.sole_user(fl.outputs[0])
         if thr is None or thr.qualname != "tamec.Threshold" or thr.inputs[0] != fl.outputs[0]:
             return [], None
+        if not self._uniform(thr) or not self.wants_packed(thr.outputs[0]):
+            return [], None
+        return [tr, fl], thr
+
+    @staticmethod
+    def _uniform(thr: Op) -> bool:
+        """One tau and one flip for every element (so layout ops commute with the threshold)."""
         try:
             p = ThresholdParams.of(thr)
         except TamecError:
-            return [], None
-        if p.tau.size != 1 or p.flip.size != 1 or not self.wants_packed(thr.outputs[0]):
-            return [], None
-        return [tr, fl], thr
+            return False
+        return p.tau.size == 1 and p.flip.size == 1
 
     def pointwise(self, op: Op, conv: Op | None = None) -> bool:
         """A pointwise chain (+ threshold) from `op`; with `conv`, the real one-channel Conv whose
@@ -826,11 +840,14 @@ class _Builder:
                     return False
                 thr, tail = None, []
         out = thr.outputs[0] if thr is not None else last
+        nchw_tail = bool(tail) and tail[-1].qualname == "Transpose"  # NHWC sandwich: NCHW bits out
+        if nchw_tail:
+            out = tail[-1].outputs[0]
         bits = thr is not None and t.packable and self.wants_packed(out)
         codes_a = np.asarray(codes, np.int64) if codes else _NO_CODES
         consts_a = np.ascontiguousarray(np.stack(consts).astype(np.float32)) if consts else np.zeros((0, c), np.float32)
         rep = Packed(c, S, sp if len(sp) == 2 else (), dims, t.can_zero(False)) if bits else None
-        if tail:
+        if tail and not nchw_tail:
             rep = replace(rep, shape=(c * S,), hwc=True)
         cw = rep.CW if bits else 1
         dn, up = t.float_bounds(max(c, cw * WORD)) if t is not None else (_NO_F, _NO_F)
@@ -1283,8 +1300,10 @@ class _Builder:
         else:
             chain, codes, consts, thr, x0, tail = self.gather(u)
         pdims = _static(self.value(po).shape)
+        nchw_tail = bool(tail) and tail[-1].qualname == "Transpose"
+        out = tail[-1].outputs[0] if nchw_tail else thr.outputs[0] if thr is not None else None
         if thr is None or x0 != po or pdims is None or self.value(thr.outputs[0]).dtype != "float32" \
-                or not self.wants_packed(thr.outputs[0]):
+                or not self.wants_packed(out):
             return None
         J = conv_rep.C
         t = _threshold(thr, J, 4)
@@ -1328,10 +1347,10 @@ class _Builder:
                         np.int64)
         zero_ok = bool(np.any(enc == 0)) and bool(np.any(t.vt == 0)) or bool(np.any(vpos == 0) | np.any(vneg == 0))
         final = Packed(J, oh * ow, (oh, ow), (J, oh, ow), zero_ok)
-        if tail:
+        if tail and not nchw_tail:
             final = replace(final, shape=(J * oh * ow,), hwc=True)
         names = [pool.id] + [o.id for o in chain] + [o.id for o in tail] + [thr.id]
-        return tlo, thi, encode, geom, mapped.words(cw), final, names, thr.outputs[0]
+        return tlo, thi, encode, geom, mapped.words(cw), final, names, out
 
     # -- max-pool on bits -----------------------------------------------------------------------
     def maxpool(self, op: Op) -> bool:

@@ -44,22 +44,28 @@ def _binary_equal(sess: tamec.Session, feeds: dict) -> int:
     return n
 
 
-def test_cnv_runs_natively_and_equals_qonnx():
-    """Brevitas CNV (QONNX export, width 8): the 8-bit input Quant and the first float conv run
-    natively, and the outputs equal the QONNX executor's (every binary tensor the evaluator's)."""
+def test_cnv_runs_natively_and_equals_qonnx(tmp_path):
+    """Brevitas CNV (QONNX export, width 8, symbolic batch): the 8-bit input Quant, the first float
+    conv and the first FC after the Shape-computed flatten run natively, and the outputs equal
+    the QONNX executor's at batch 1 and 3 (every binary tensor the evaluator's)."""
     sess = tamec.Session(str(CNV))
     _no_fallback(sess)
     kinds = sess.plan.kernels()
     first_conv = next(op for op in sess.graph.ops() if op.op_type == "Conv")
     assert kinds[first_conv.id].startswith("conv(BLAS)"), kinds[first_conv.id]
     rng = np.random.default_rng(0)
-    xs = [rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(4)]
+    xs = [rng.random((n, 3, 32, 32), dtype=np.float32) for n in (1, 3, 1)]
     xs.append(np.full((1, 3, 32, 32), 0.5, np.float32))  # 2x-1 = 0: the quantizer's zero
     inp = sess.graph.inputs[0]
     for x in xs[:2]:
         assert _binary_equal(sess, {inp: x}) >= 8
     got = np.concatenate([sess.run(None, {inp: x})[0] for x in xs])
-    np.testing.assert_allclose(got, qonnx_outputs(CNV, xs), rtol=1e-5, atol=1e-5)
+    fixed = onnx.load(str(CNV))  # the QONNX executor reads a symbolic batch as 0: give it batch 1
+    for vi in (fixed.graph.input[0], fixed.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, str(tmp_path / "cnv_b1.onnx"))
+    singles = [x[i:i + 1] for x in xs for i in range(len(x))]
+    np.testing.assert_allclose(got, qonnx_outputs(tmp_path / "cnv_b1.onnx", singles), rtol=1e-5, atol=1e-5)
 
 
 def _quant_model(scale, zp, bits, signed, narrow, mode, c=5):
@@ -171,10 +177,12 @@ def test_real_multichannel_conv_runs_natively(attrs, packed, cout):
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ort_run(bare, {"x": x})[0])
 
 
-def _larq_cnn(c1=32, c2=64, hw=28, classes=10, seed=0):
+def _larq_cnn(c1=32, c2=64, hw=28, classes=10, seed=0, sandwich=False):
     """A Larq CNN in the form tf2onnx writes it: NHWC input -> Transpose -> QuantConv(real input,
     latent weights behind ste_sign) -> BN as Mul/Add -> ste_sign -> QuantConv 'same' -> MaxPool ->
-    BN -> Transpose to NHWC -> Reshape -> ste_sign -> QuantDense -> bias -> BN."""
+    BN -> Transpose to NHWC -> Reshape -> ste_sign -> QuantDense -> bias -> BN. With `sandwich`,
+    as tf2onnx 1.17 wrote the peers' model: the input Transpose a Reshape, the first sign between
+    Transpose(NCHW -> NHWC) and Transpose(NHWC -> NCHW), the pooled BN a BatchNormalization."""
     rng = np.random.default_rng(seed)
     f = np.float32
 
@@ -196,12 +204,23 @@ def _larq_cnn(c1=32, c2=64, hw=28, classes=10, seed=0):
     def ste(x, y):
         return [n("Sign", [x], [y + "_s0"]), n("Add", [y + "_s0", "c"], [y + "_s1"]), n("Sign", [y + "_s1"], [y])]
 
-    nodes = [n("Transpose", ["input_1"], ["t0"], perm=[0, 3, 1, 2])] + ste("w1", "w1q") + [
+    if sandwich:
+        i["nchw"] = np.array([-1, 1, hw, hw], np.int64)
+        i["g2"], i["be2"] = i["m2"].reshape(-1), i["a2"].reshape(-1)
+        i["mu2"], i["v2"] = rng.normal(0, 3, c2).astype(f), rng.uniform(2, 20, c2).astype(f)
+        head = [n("Reshape", ["input_1", "nchw"], ["t0"])]
+        act1 = [n("Transpose", ["bn1"], ["bn1t"], perm=[0, 2, 3, 1])] + ste("bn1t", "q1t") + [
+            n("Transpose", ["q1t"], ["q1"], perm=[0, 3, 1, 2])]
+        bn2 = [n("BatchNormalization", ["p2", "g2", "be2", "mu2", "v2"], ["bn2"], epsilon=1e-3)]
+    else:
+        head = [n("Transpose", ["input_1"], ["t0"], perm=[0, 3, 1, 2])]
+        act1 = ste("bn1", "q1")
+        bn2 = [n("Mul", ["p2", "m2"], ["bn2m"]), n("Add", ["bn2m", "a2"], ["bn2"])]
+    nodes = head + ste("w1", "w1q") + [
         n("Conv", ["t0", "w1q", "b1"], ["c1"], kernel_shape=[3, 3], pads=[0, 0, 0, 0]),
-        n("Mul", ["c1", "m1"], ["bn1m"]), n("Add", ["bn1m", "a1"], ["bn1"])] + ste("bn1", "q1") + ste("w2", "w2q") + [
+        n("Mul", ["c1", "m1"], ["bn1m"]), n("Add", ["bn1m", "a1"], ["bn1"])] + act1 + ste("w2", "w2q") + [
         n("Conv", ["q1", "w2q"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        n("MaxPool", ["c2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
-        n("Mul", ["p2", "m2"], ["bn2m"]), n("Add", ["bn2m", "a2"], ["bn2"]),
+        n("MaxPool", ["c2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2])] + bn2 + [
         n("Transpose", ["bn2"], ["t2"], perm=[0, 2, 3, 1]), n("Reshape", ["t2", "shape"], ["flat"])] + \
         ste("flat", "q2") + ste("w3", "w3q") + [
         n("MatMul", ["q2", "w3q"], ["d3"]), n("Add", ["d3", "b3"], ["d3b"]),
@@ -209,15 +228,18 @@ def _larq_cnn(c1=32, c2=64, hw=28, classes=10, seed=0):
     return make_model(nodes, [("input_1", ["unk__1", hw, hw, 1])], [("y", ["unk__2", classes])], i)
 
 
-def test_larq_cnn_runs_natively_with_pool_and_flatten_on_bits():
-    """The tf2onnx Larq CNN runs with no evaluator step: the NHWC input Transpose is a view, the
-    binary conv -> MaxPool -> BN -> NHWC flatten -> sign is one kernel writing bits in the NHWC
-    order the dense layer reads, and it equals onnxruntime at batch 1 and 9."""
-    m = _larq_cnn(c1=8, c2=16, hw=12)
+@pytest.mark.parametrize("sandwich", [False, True], ids=["transposed-input", "tf2onnx-1.17"])
+def test_larq_cnn_runs_natively_with_pool_and_flatten_on_bits(sandwich):
+    """The tf2onnx Larq CNN runs with no evaluator step: the NHWC input Transpose is a view, a sign
+    between two Transposes is a threshold on NCHW bits, the binary conv -> MaxPool -> BN -> NHWC
+    flatten -> sign is one kernel writing bits in the NHWC order the dense layer reads, and it
+    equals onnxruntime at batch 1 and 9."""
+    m = _larq_cnn(c1=8, c2=16, hw=12, sandwich=sandwich)
     sess = tamec.Session(m)
     _no_fallback(sess)
     kinds = set(sess.plan.kernels().values())
-    assert "bconv+maxpool+threshold->bits" in kinds and "transpose(view)" in kinds, str(sess.plan)
+    assert "bconv+maxpool+threshold->bits" in kinds, str(sess.plan)
+    assert ("conv1+pointwise+threshold->bits" if sandwich else "transpose(view)") in kinds, str(sess.plan)
     rng = np.random.default_rng(3)
     for n in (1, 9):
         x = rng.random((n, 12, 12, 1), dtype=np.float32)

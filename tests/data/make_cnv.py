@@ -1,7 +1,7 @@
 """Brevitas CNV (brevitas_examples.bnn_pynq CNV, W1A1, 8-bit input) at reduced width, exported
 with export_qonnx (TorchScript path), with random BN statistics (about 25 % negative gammas).
 Width w gives convs w, w, 2w, 2w, 4w, 4w and FCs 8w, 8w, 10: the CNV topology, small enough to
-commit. Needs torch + brevitas (the export env, never the runtime):
+commit. The batch dim is symbolic ("N"), so the flatten is Shape->Gather->Concat->Reshape. Needs torch + brevitas (the export env, never the runtime):
 
     python tests/data/make_cnv.py 8 tests/data/cnv_w1a1_8.onnx
 """
@@ -23,5 +23,6 @@ for mod in m.modules():
         mod.weight.data.copy_((torch.rand(n, generator=g) + 0.5) * torch.where(torch.rand(n, generator=g) < 0.25, -1., 1.))
         mod.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
 m.eval()
-export_qonnx(m, args=torch.rand(1, 3, 32, 32), export_path=sys.argv[2], dynamo=False)
+export_qonnx(m, args=torch.rand(1, 3, 32, 32), export_path=sys.argv[2], dynamo=False, input_names=["x"],
+             output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})  # symbolic batch, as deployed
 print("ok")
