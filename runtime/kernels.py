@@ -425,24 +425,37 @@ def im2col(s, m, ternary, geom, chanmask, out_s, out_m):
 
 @njit(**_opts)
 def im2col_f32(x, geom, out):
-    """Float patches of a real convolution: x (N, C, H, W) -> rows (N*OH*OW, C*KH*KW) in the
-    order of W.reshape(M, -1) (channel, then tap row-major); padded taps read 0. geom as
-    im2col's. One pass over the patches, so the GEMM that follows is one BLAS call."""
+    """Float patches of a real convolution, transposed: x (N, C, H, W) -> out (C*KH*KW, N*OH*OW),
+    row (c, ky, kx) in the order of W.reshape(M, -1), column = output position; padded taps
+    read 0. Each row is filled along output columns, a contiguous run of the image when the
+    stride is 1 (so it vectorizes); `out.T @ W.T` is then one BLAS call (transposed operand, no
+    copy) giving channels-last rows. geom as im2col's."""
     n_, c_, h_, w_ = x.shape
     kh, kw, sh, sw, dh, dw, ph, pw_, oh, ow = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], \
         geom[8], geom[9], geom[10], geom[11]
-    for n in range(n_):
-        for oy in range(oh):
-            for ox in range(ow):
-                r = (n * oh + oy) * ow + ox
-                col = 0
-                for c in range(c_):
-                    for ky in range(kh):
+    zero = np.float32(0.0)
+    for c in range(c_):
+        for ky in range(kh):
+            for kx in range(kw):
+                row = (c * kh + ky) * kw + kx
+                off = kx * dw - pw_
+                # output columns ox whose tap 0 <= ox*sw + off < w_
+                lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                hi = max(lo, min(ow, (w_ - off + sw - 1) // sw))
+                for n in range(n_):
+                    for oy in range(oh):
+                        base = (n * oh + oy) * ow
                         iy = oy * sh - ph + ky * dh
-                        for kx in range(kw):
-                            ix = ox * sw - pw_ + kx * dw
-                            out[r, col] = x[n, c, iy, ix] if 0 <= iy < h_ and 0 <= ix < w_ else np.float32(0.0)
-                            col += 1
+                        if iy < 0 or iy >= h_:
+                            for ox in range(ow):
+                                out[row, base + ox] = zero
+                            continue
+                        for ox in range(lo):
+                            out[row, base + ox] = zero
+                        for ox in range(lo, hi):
+                            out[row, base + ox] = x[n, c, iy, ox * sw + off]
+                        for ox in range(hi, ow):
+                            out[row, base + ox] = zero
 
 
 @njit(**_opts)

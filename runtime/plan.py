@@ -987,8 +987,9 @@ class _Builder:
             x = _f32(np.ascontiguousarray(env[src]))
             n = x.shape[0]
             if conv:
-                a = _buf(arena, key + ("cols",), (n * S, kdim), np.float32)
+                a = _buf(arena, key + ("cols",), (kdim, n * S), np.float32)
                 K.im2col_f32(x, geom, a)
+                a = a.T  # BLAS reads the transposed operand in place
             else:
                 a = x.reshape(n, kdim)
             y = np.empty((n * S, m_), np.float32) if plain else _buf(arena, key + ("y",), (n * S, m_), np.float32)
