@@ -369,16 +369,16 @@ def _static(shape) -> tuple | None:
 
 # The runtime stage of the op registry: the kernels the builder may choose; every other supported
 # op runs on the evaluator's kernel (its evaluate hook), so every model the importer accepts runs.
-attach("runtime", ["tamec.Linear", "Conv"], None, how="bgemm on packed bits when binary, else BLAS/numpy")
+_QUANT = "qonnx.custom_op.general.Quant"
+attach("runtime", ["tamec.Linear", "Conv"], None, how="bgemm on packed bits when binary, else BLAS GEMM + fused chain")
 attach("runtime", ["tamec.Threshold"], None, how="fused in bgemm/pointwise, writes packed bits")
 attach("runtime", ["MaxPool"], None, how="OR on packed bits when binary, else a float32 kernel")
 attach("runtime", ["Transpose"], None, how="view when only size-1 axes move, else a numpy copy")
-attach("runtime", ["Add", "Sub", "Mul", "Div", "BatchNormalization", "qonnx.custom_op.general.Quant"], None,
-       how="pointwise chain (Quant of 2+ bits with constant scale and zero point)")
+attach("runtime", ["Add", "Sub", "Mul", "Div", "BatchNormalization"], None, how="pointwise chain")
+attach("runtime", [_QUANT], None, how="pointwise chain (2+ bits, constant scale and zero point)")
 attach("runtime", ["Flatten", "Reshape", "Identity"], None, how="view")
 attach("runtime", sorted(q for q in REGISTRY if not has(q, "runtime")), None, how="evaluator kernel")
 
-_QUANT = "qonnx.custom_op.general.Quant"
 _ROUNDING = {"ROUND": K.OP_ROUND, "HALF_EVEN": K.OP_ROUND, "FLOOR": K.OP_FLOOR, "CEIL": K.OP_CEIL}
 _CHAIN_OPS = {"Add": (K.OP_ADD, K.OP_ADD), "Mul": (K.OP_MUL, K.OP_MUL), "Sub": (K.OP_SUB, K.OP_RSUB),
               "Div": (K.OP_DIV, K.OP_RDIV)}
@@ -980,7 +980,9 @@ class _Builder:
             S, kdim = oh * ow, c_ * kh * kw
         else:
             S, kdim = 1, w.shape[1]
-        plain = mode == K.OUT_CHAIN and codes_a.size == 0  # a bare GEMM: no pointwise pass
+        # a bare GEMM (+ bias): no pointwise pass; the bias as numpy's add, the evaluator's own
+        plain = mode == K.OUT_CHAIN and codes_a.size == (b is not None)
+        bias_row = b.reshape(1, m_).astype(np.float32) if b is not None else None
 
         def rows(env, arena):
             """The GEMM's (N*S, M) result (in a reused buffer unless it is the plain output)."""
@@ -994,6 +996,8 @@ class _Builder:
                 a = x.reshape(n, kdim)
             y = np.empty((n * S, m_), np.float32) if plain else _buf(arena, key + ("y",), (n * S, m_), np.float32)
             np.matmul(a, wt, out=y)
+            if plain and bias_row is not None:
+                np.add(y, bias_row, out=y)
             return n, y
 
         if bits:
@@ -1023,7 +1027,8 @@ class _Builder:
                 env[dst] = y.reshape((n,) + shape)
 
         thr = len(names) > 1 + len(chain_types)
-        kind = ("conv" if conv else "sgemm") + "(BLAS)" + ("+pointwise" if chain_types or b is not None else "") \
+        kind = ("conv" if conv else "sgemm") + "(BLAS)" + ("+bias" if plain and b is not None else
+                                                           "+pointwise" if chain_types or b is not None else "") \
             + ("+threshold" if thr else "") + ("->bits" if bits else "->float32")
         desc = [f"{kdim}->{m_}" + (f", {kh}x{kw} im2col, {h}x{wd} -> {oh}x{ow}" if conv else "")]
         if chain_types:
