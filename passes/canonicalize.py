@@ -28,6 +28,7 @@ they are reported in the statistics, not silently folded.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -182,6 +183,7 @@ class Rules:
         g.remove_op(op.id, drop_outputs=False)
         g.add_op(Op(op.id, "Flatten", [op.inputs[0]], [out], {"axis": 1}, "",
                     op.origin + cat.origin + p.origin + shape_op.origin))
+        _known_shape(g, out, _flat_shape(g.values[op.inputs[0]].shape))
         return self.hit("flatten")
 
     # linear -------------------------------------------------------------------------------------
@@ -238,6 +240,8 @@ class Rules:
         out = op.outputs[0]
         g.remove_op(op.id, drop_outputs=False)
         g.add_op(Op(op.id, "Linear", [x, w] + ([bias] if bias else []), [out], {}, TAMEC_DOMAIN, op.origin))
+        ws = g.values[w].shape
+        _known_shape(g, out, tuple(xs[:-1]) + (ws[0],) if ws is not None else None)
         return self.hit("linear")
 
     # sign-like ----------------------------------------------------------------------------------
@@ -424,3 +428,23 @@ class Canonicalize(Pass):
         if "degenerate_quant" in stats:
             stats["degenerate_quant"] = sorted(set(stats["degenerate_quant"]))
         return stats
+
+
+def _flat_shape(shape) -> tuple | None:
+    """Flatten(axis=1)'s output shape: (batch, product of the rest) when the rest is static."""
+    if shape is None or len(shape) < 1 or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    return (shape[0], math.prod(shape[1:]))
+
+
+def _known_shape(g, name: str, shape: tuple | None) -> None:
+    """Give a rewritten op's output the shape ONNX inference could not (a Reshape computed from
+    Shape(x), as exporters write Flatten with a symbolic batch), so later stages see its rank
+    and static dims; dims inference did know are kept."""
+    old = g.values[name].shape
+    if shape is None or old is not None and len(old) != len(shape):
+        return
+    if old is not None:
+        shape = tuple(d if isinstance(d, int) else n for d, n in zip(old, shape))
+    if shape != old:
+        g.values[name] = dataclasses.replace(g.values[name], shape=shape)

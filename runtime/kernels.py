@@ -11,7 +11,12 @@
   inference BatchNorm), optionally followed by a threshold, writing packed bits or float32.
 - `conv1_pointwise`: a real convolution of one-channel images (the usual first layer), then
   `pointwise` on its output channels.
+- `im2col_f32`: the float patches of a real convolution with several input channels (then one
+  BLAS GEMM, and `pointwise` on its channels-last rows writes the packed bits).
 - `im2col`: the packed patches of a binary convolution (taps outside the image get a zero mask).
+- `maxpool_map`: `maxpool` then a per-channel map of the pooled ternary value to a threshold's
+  values (a binary conv -> MaxPool -> BN -> sign fused on bits; see plan.pool_threshold).
+- `maxpool_f32`: max-pool of a float32 image (a pool between a conv and its BN, as Larq writes).
 - `maxpool`: max-pool on packed planes: OR of sign bits; for ternary values the mask plane is
   the OR of the +1s with the AND of the masks.
 
@@ -44,8 +49,10 @@ COLS = 32  # weight columns are padded to a multiple of this
 (L_KW, L_K, L_JC, L_JS, L_WOFF, L_TOFF, L_POFF, L_JW, L_BOFF, L_BMODE, L_MODE, L_TERN, L_J) = range(13)
 L_FIELDS = 13
 
-# pointwise op codes
+# pointwise op codes (ROUND/FLOOR/CEIL ignore their constant row; MIN/MAX clamp like QONNX's
+# _clamp: `c if t > c else t` keeps NaN, as numpy.where does)
 OP_MUL, OP_ADD, OP_SUB, OP_RSUB, OP_DIV, OP_RDIV = 0, 1, 2, 3, 4, 5
+OP_MIN, OP_MAX, OP_ROUND, OP_FLOOR, OP_CEIL = 6, 7, 8, 9, 10
 # pointwise / bgemm output modes
 OUT_BITS, OUT_FLOAT, OUT_CHAIN = 0, 1, 2
 # bias modes of bgemm (the evaluator's two branches)
@@ -135,6 +142,20 @@ def bgemm(a, m, ternary, k, w, jc, mode, tlo, thi, pw, bias, bmode, out_s, out_m
 
 
 @njit(**_opts)
+def _unary(k, v, u):
+    """The clamp and rounding codes on one float32 value (QONNX Quant's operations)."""
+    if k == OP_MIN:
+        return u if v > u else v
+    if k == OP_MAX:
+        return u if v < u else v
+    if k == OP_ROUND:
+        return np.rint(v)  # half to even, as numpy.round
+    if k == OP_FLOOR:
+        return np.floor(v)
+    return np.ceil(v)
+
+
+@njit(**_opts)
 def _chain(codes, consts, t):
     """Apply the op chain to one row t (float32, one value per channel) in place."""
     c_ = t.shape[0]
@@ -155,9 +176,12 @@ def _chain(codes, consts, t):
         elif k == OP_DIV:
             for c in range(c_):
                 t[c] = t[c] / consts[i, c]
-        else:
+        elif k == OP_RDIV:
             for c in range(c_):
                 t[c] = consts[i, c] / t[c]
+        else:
+            for c in range(c_):
+                t[c] = _unary(k, t[c], consts[i, c])
 
 
 @njit(**_opts)
@@ -299,9 +323,12 @@ def _chain_scalar(codes, consts, c, t):
         elif k == OP_DIV:
             for p in range(t.shape[0]):
                 t[p] = t[p] / u
-        else:
+        elif k == OP_RDIV:
             for p in range(t.shape[0]):
                 t[p] = u / t[p]
+        else:
+            for p in range(t.shape[0]):
+                t[p] = _unary(k, t[p], u)
 
 
 @njit(**_opts)
@@ -397,6 +424,41 @@ def im2col(s, m, ternary, geom, chanmask, out_s, out_m):
 
 
 @njit(**_opts)
+def im2col_f32(x, geom, out):
+    """Float patches of a real convolution, transposed: x (N, C, H, W) -> out (C*KH*KW, N*OH*OW),
+    row (c, ky, kx) in the order of W.reshape(M, -1), column = output position; padded taps
+    read 0. Each row is filled along output columns, a contiguous run of the image when the
+    stride is 1 (so it vectorizes); `out.T @ W.T` is then one BLAS call (transposed operand, no
+    copy) giving channels-last rows. geom as im2col's."""
+    n_, c_, h_, w_ = x.shape
+    kh, kw, sh, sw, dh, dw, ph, pw_, oh, ow = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], \
+        geom[8], geom[9], geom[10], geom[11]
+    zero = np.float32(0.0)
+    for c in range(c_):
+        for ky in range(kh):
+            for kx in range(kw):
+                row = (c * kh + ky) * kw + kx
+                off = kx * dw - pw_
+                # output columns ox whose tap 0 <= ox*sw + off < w_
+                lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                hi = max(lo, min(ow, (w_ - off + sw - 1) // sw))
+                for n in range(n_):
+                    for oy in range(oh):
+                        base = (n * oh + oy) * ow
+                        iy = oy * sh - ph + ky * dh
+                        if iy < 0 or iy >= h_:
+                            for ox in range(ow):
+                                out[row, base + ox] = zero
+                            continue
+                        for ox in range(lo):
+                            out[row, base + ox] = zero
+                        for ox in range(lo, hi):
+                            out[row, base + ox] = x[n, c, iy, ox * sw + off]
+                        for ox in range(hi, ow):
+                            out[row, base + ox] = zero
+
+
+@njit(**_opts)
 def maxpool(s, m, geom, out_s, out_m):
     """Max-pool on planes (N, H*W, CW) -> (N, OH*OW, CW); geom as im2col's. Padded taps are
     skipped (ONNX pads MaxPool with -inf). The max is +1 if any tap is +1, else 0 if any is 0:
@@ -424,6 +486,71 @@ def maxpool(s, m, geom, out_s, out_m):
                             allm &= m[n, iy * w_ + ix, q]
                     out_s[n, o, q] = pos
                     out_m[n, o, q] = pos | allm
+
+
+@njit(**_opts)
+def maxpool_f32(x, geom, out):
+    """Max-pool of float32 x (N, C, H, W) -> out (N, C, OH, OW); geom as im2col's. Padded taps
+    are skipped (ONNX pads with -inf) and a NaN tap gives NaN (numpy.maximum, the evaluator's)."""
+    n_, c_, h_, w_ = x.shape
+    kh, kw, sh, sw, dh, dw, ph, pw_, oh, ow = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], \
+        geom[8], geom[9], geom[10], geom[11]
+    for n in range(n_):
+        for c in range(c_):
+            for oy in range(oh):
+                for ox in range(ow):
+                    v = -np.inf
+                    for ky in range(kh):
+                        iy = oy * sh - ph + ky * dh
+                        if iy < 0 or iy >= h_:
+                            continue
+                        for kx in range(kw):
+                            ix = ox * sw - pw_ + kx * dw
+                            if ix < 0 or ix >= w_:
+                                continue
+                            t = x[n, c, iy, ix]
+                            if t > v or t != t:
+                                v = t
+                            if v != v:
+                                break
+                    out[n, c, oy, ox] = v
+
+
+@njit(**_opts)
+def maxpool_map(s, m, geom, pw, out_s, out_m):
+    """`maxpool`'s ternary max on planes (N, H*W, CW), then each channel's pooled value v in
+    {+1, 0, -1} mapped to bits by the words pw (7, CW) = [P+, P-, P0, M+, M-, M0, valid] (the
+    layout of a threshold's above/below/tie words). Returns the zeros written."""
+    h_, w_, kh, kw, sh, sw, dh, dw, ph, pw_, oh, ow = geom
+    n_ = s.shape[0]
+    cw = s.shape[2]
+    full = ~np.uint64(0)
+    zeros = 0
+    for n in range(n_):
+        for oy in range(oh):
+            for ox in range(ow):
+                o = oy * ow + ox
+                for q in range(cw):
+                    pos = np.uint64(0)
+                    allm = full
+                    for ky in range(kh):
+                        iy = oy * sh - ph + ky * dh
+                        if iy < 0 or iy >= h_:
+                            continue
+                        for kx in range(kw):
+                            ix = ox * sw - pw_ + kx * dw
+                            if ix < 0 or ix >= w_:
+                                continue
+                            pos |= s[n, iy * w_ + ix, q]
+                            allm &= m[n, iy * w_ + ix, q]
+                    nz = pos | allm
+                    neg = nz & ~pos
+                    zer = ~nz
+                    out_s[n, o, q] = (pos & pw[0, q]) | (neg & pw[1, q]) | (zer & pw[2, q])
+                    mw = (pos & pw[3, q]) | (neg & pw[4, q]) | (zer & pw[5, q])
+                    out_m[n, o, q] = mw
+                    zeros += np.int64(popcount(pw[6, q] & ~mw))
+    return zeros
 
 
 # header of bgemm_chain's int64 table `meta` (then the layer rows, the bounds, the op codes)

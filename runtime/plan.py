@@ -7,11 +7,17 @@ The builder walks the graph's ops in order and picks one kernel per op (or per f
   the result's only reader is a tamec.Threshold, the threshold is fused and the output is
   written as packed bits for the next binary layer.
 - `pointwise`: chains of float32 Add/Sub/Mul/Div by per-channel constants and inference
-  BatchNormalization, optionally ending in a tamec.Threshold (which then writes packed bits
+  BatchNormalization and QONNX Quant (2+ bits), optionally ending in a tamec.Threshold (which then writes packed bits
   when a binary layer reads them, float32 otherwise); the real-input first layer's BN + sign
   and the real-valued head run here.
 - `maxpool` on packed bits; Flatten/Reshape of packed bits as a view (the next binary Linear's
   weights are permuted to the channels-last bit order at plan time).
+- `sgemm(BLAS)` / `conv(BLAS)`: real tamec.Linear, and real Conv over several input channels
+  (float im2col first), as one float32 BLAS GEMM through numpy (the evaluator's own call, so the
+  same sums), then the pointwise chain + threshold after it on the GEMM's channels-last rows,
+  writing packed bits directly. BLAS rather than a numba GEMM: OpenBLAS's packed, cache-blocked
+  sgemm is several times faster than a non-fast-math numba loop (which may not reorder the sums)
+  at these sizes, and its float32 rows stay in a reused buffer that is read once.
 - `pack` / `unpack`: conversions where a value is needed in the other form.
 - `reshape` / `flatten`: numpy views.
 - anything else: the reference evaluator's kernel for the op (BLAS for real Linear/Conv/Gemm,
@@ -27,13 +33,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from tamec.errors import InputError, ModelStructureError, TamecError
-from tamec.evaluator import Evaluator
+from tamec.evaluator import Evaluator, _max_int, _min_int
 from tamec.ir.graph import Graph, Op, Value
 from tamec.ops import REGISTRY, attach, has
 from tamec.ops.conv import window
@@ -65,6 +71,7 @@ class Packed:
     shape: tuple
     ternary: bool
     CW: int = 0  # words per position; 0: the default, _cw(C, S)
+    hwc: bool = False  # a flat `shape` in channels-last order (f = s*C + c): a Transpose to NHWC, flattened
 
     def __post_init__(self):
         if not self.CW:
@@ -234,6 +241,14 @@ def _unpack_value(val, rep: Packed) -> np.ndarray:
     n = s.shape[0]
     out = np.empty((n, rep.C, rep.S), np.float32)
     unpack(s, m, rep.ternary, out)
+    return _logical(out, rep)
+
+
+def _logical(out: np.ndarray, rep: Packed) -> np.ndarray:
+    """Unpacked (N, C, S) values in the value's own shape (channels last for an `hwc` layout)."""
+    n = out.shape[0]
+    if rep.hwc:
+        out = np.ascontiguousarray(out.transpose(0, 2, 1))
     return out.reshape((n,) + rep.shape)
 
 
@@ -354,13 +369,17 @@ def _static(shape) -> tuple | None:
 
 # The runtime stage of the op registry: the kernels the builder may choose; every other supported
 # op runs on the evaluator's kernel (its evaluate hook), so every model the importer accepts runs.
-attach("runtime", ["tamec.Linear", "Conv"], None, how="bgemm on packed bits when binary, else BLAS/numpy")
+_QUANT = "qonnx.custom_op.general.Quant"
+attach("runtime", ["tamec.Linear", "Conv"], None, how="bgemm on packed bits when binary, else BLAS GEMM + fused chain")
 attach("runtime", ["tamec.Threshold"], None, how="fused in bgemm/pointwise, writes packed bits")
-attach("runtime", ["MaxPool"], None, how="OR on packed bits when binary, else evaluator")
+attach("runtime", ["MaxPool"], None, how="OR on packed bits when binary, else a float32 kernel")
+attach("runtime", ["Transpose"], None, how="view when only size-1 axes move, else a numpy copy")
 attach("runtime", ["Add", "Sub", "Mul", "Div", "BatchNormalization"], None, how="pointwise chain")
+attach("runtime", [_QUANT], None, how="pointwise chain (2+ bits, constant scale and zero point)")
 attach("runtime", ["Flatten", "Reshape", "Identity"], None, how="view")
 attach("runtime", sorted(q for q in REGISTRY if not has(q, "runtime")), None, how="evaluator kernel")
 
+_ROUNDING = {"ROUND": K.OP_ROUND, "HALF_EVEN": K.OP_ROUND, "FLOOR": K.OP_FLOOR, "CEIL": K.OP_CEIL}
 _CHAIN_OPS = {"Add": (K.OP_ADD, K.OP_ADD), "Mul": (K.OP_MUL, K.OP_MUL), "Sub": (K.OP_SUB, K.OP_RSUB),
               "Div": (K.OP_DIV, K.OP_RDIV)}
 
@@ -407,14 +426,13 @@ class _Builder:
         ps, rep = self.pslot[name]
         out = self.slot[name] = self._new_slot()
         key = ("unpack", name)
-        shape = rep.shape
 
         def fn(env, arena):
             s, m, _ = env[ps]
             n = s.shape[0]
             o = _buf(arena, key, (n, rep.C, rep.S), np.float32)
             unpack(s, m, rep.ternary, o)
-            env[out] = o.reshape((n,) + shape)
+            env[out] = _logical(o, rep)
 
         self.steps.append(Step("unpack", (), (name,), (name,), f"{rep.C}x{rep.S} bits -> float32", fn))
         return out
@@ -488,11 +506,13 @@ class _Builder:
     def chain_link(self, op: Op) -> tuple[str, list[int], list[np.ndarray]] | None:
         """(x, codes, per-channel float32 constants) if `op` is a float32 pointwise op on x."""
         q = op.qualname
-        if q not in _CHAIN_OPS and q != "BatchNormalization":
+        if q not in _CHAIN_OPS and q not in ("BatchNormalization", _QUANT):
             return None
         out = self.value(op.outputs[0])
         if out.dtype != "float32" or len([o for o in op.outputs if o]) != 1:
             return None
+        if q == _QUANT:
+            return self.quant_link(op)
         if q == "BatchNormalization":
             if len(op.inputs) != 5 or int(op.attrs.get("training_mode", 0)):
                 return None
@@ -519,16 +539,42 @@ class _Builder:
         if (ca is None) == (cb is None):
             return None
         x, const, rev = (a, cb, False) if cb is not None else (b, ca, True)
+        k = self.per_channel(x, const)
+        if k is None:
+            return None
+        return x, [_CHAIN_OPS[q][1 if rev else 0]], [k]
+
+    def per_channel(self, x: str, const: np.ndarray | None) -> np.ndarray | None:
+        """`const` as one float32 per channel of the float32 value `x` (broadcast along axis 1),
+        or None if it does not broadcast that way."""
         xv = self.value(x)
         dims = _static(xv.shape)
-        if xv.dtype != "float32" or const.dtype != _F32 or not dims or const.ndim > len(xv.shape):
+        if const is None or xv.dtype != "float32" or const.dtype != _F32 or not dims or const.ndim > len(xv.shape):
             return None
         full = (1,) * (len(xv.shape) - const.ndim) + const.shape
         c = dims[0]
         if len(full) < 2 or full[0] != 1 or any(d != 1 for d in full[2:]) or full[1] not in (1, c):
             return None
-        code = _CHAIN_OPS[q][1 if rev else 0]
-        return x, [code], [np.broadcast_to(const.reshape(-1), (c,))]
+        return np.broadcast_to(const.reshape(-1), (c,))
+
+    def quant_link(self, op: Op) -> tuple[str, list[int], list[np.ndarray]] | None:
+        """QONNX Quant with constant float32 scale and zero point as the evaluator's operations:
+        x / scale + zeropt, clamped to the bit width's integers, rounded, - zeropt, * scale."""
+        x, sc, zp, bw = op.inputs
+        scale, zero = self.per_channel(x, self.fixed(sc)), self.per_channel(x, self.fixed(zp))
+        bits = self.fixed(bw)
+        rnd = _ROUNDING.get(str(op.attrs.get("rounding_mode", "ROUND")).upper())
+        if scale is None or zero is None or bits is None or bits.size != 1 or rnd is None \
+                or not {"signed", "narrow"} <= set(op.attrs):
+            return None
+        signed, narrow, b = int(op.attrs["signed"]), int(op.attrs["narrow"]), float(bits.reshape(-1)[0])
+        if b != int(b) or b < 2 or b > 24:  # 1 bit is a sign (canonicalize's Threshold)
+            return None
+        lo, hi = _min_int(signed, narrow, int(b)), _max_int(signed, narrow, int(b))
+        c = scale.shape[0]
+        full = lambda v: np.full(c, v, np.float32)  # noqa: E731
+        codes = [K.OP_DIV, K.OP_ADD, K.OP_MIN, K.OP_MAX, rnd, K.OP_SUB, K.OP_MUL]
+        return x, codes, [scale, zero, full(hi), full(lo), full(0), zero, scale]
 
     # -- build ----------------------------------------------------------------------------------
     def build(self) -> Plan:
@@ -563,13 +609,15 @@ class _Builder:
     def native(self, op: Op) -> bool:
         q = op.qualname
         if q == "tamec.Linear":
-            return self.gemm(op)
+            return self.gemm(op) or self.real_gemm(op)
         if q == "Conv":
             return self.gemm(op) or self.real_conv(op)
         if q == "MaxPool":
-            return self.maxpool(op)
+            return self.maxpool(op) or self.maxpool_f32(op)
         if q in ("Flatten", "Reshape", "Identity"):
             return self.reshape(op)
+        if q == "Transpose":
+            return self.pointwise(op) or self.transpose(op)
         if q == "tamec.Threshold" or self.chain_link(op) is not None:
             return self.pointwise(op)
         return False
@@ -611,7 +659,7 @@ class _Builder:
                 dims = _static(self.value(out).shape)
                 if dims is None or len(dims) != 1 or dims[0] != rep.C * rep.S:
                     return False
-                self.pslot[out] = (ps, Packed(rep.C, rep.S, rep.spatial, dims, rep.ternary))
+                self.pslot[out] = (ps, replace(rep, shape=dims))
             self.steps.append(Step("view(bits)", (op.id,), (x,), (out,), "no copy", None))
             return True
         if q == "Identity":
@@ -650,6 +698,38 @@ class _Builder:
         self.steps.append(Step("reshape", (op.id,), (x,), (out,), str(shp), fn, view=True))
         return True
 
+    def transpose(self, op: Op) -> bool:
+        """Transpose of a dense value that keeps the batch axis first: a view when it only moves
+        size-1 axes (tf2onnx's NHWC -> NCHW of a one-channel image), else one numpy copy."""
+        x, out = op.inputs[0], op.outputs[0]
+        xv = self.value(x)
+        dims, odims = _static(xv.shape), _static(self.value(out).shape)
+        rank = len(xv.shape) if xv.shape is not None else 0
+        perm = [int(p) for p in op.attrs.get("perm", list(range(rank))[::-1])]
+        if dims is None or odims is None or not perm or perm[0] != 0 or sorted(perm) != list(range(rank)):
+            return False
+        full = (0,) + dims
+        moved = [p for p in perm[1:] if full[p] != 1]
+        src = self.dense(x)
+        dst = self.slot[out] = self._new_slot()
+        if moved == sorted(moved):
+            def fn(env, arena):
+                a = env[src]
+                env[dst] = a.reshape((a.shape[0],) + odims)
+
+            self._view_of(x, out)
+            self.steps.append(Step("transpose(view)", (op.id,), (x,), (out,), f"perm={perm}, size-1 axes only",
+                                   fn, view=True))
+        else:
+            def fn(env, arena):
+                env[dst] = np.ascontiguousarray(env[src].transpose(perm))
+
+            st = Step("transpose(copy)", (op.id,), (x,), (out,), f"perm={perm}", fn)
+            st.fresh = (dst,)
+            self.steps.append(st)
+        self.done.add(op.id)
+        return True
+
     # -- pointwise chains and thresholds --------------------------------------------------------
     def gather(self, op: Op):
         """The pointwise chain starting at `op` and the threshold ending it (if any):
@@ -676,25 +756,72 @@ class _Builder:
                 break
             cur = nxt
         thr = None
+        tail: list[Op] = []
         last = chain[-1].outputs[0] if chain else None
         if chain:
             u = self.sole_user(last)
             if u is not None and u.qualname == "tamec.Threshold" and u.inputs[0] == last:
                 thr = u
+            else:
+                tail, thr = self.layout_tail(last)
         elif op.qualname == "tamec.Threshold":
             thr, x0 = op, op.inputs[0]
-        return chain, codes, consts, thr, x0
+        elif op.qualname == "Transpose":
+            tail, thr = self.layout_tail(op.inputs[0])
+            x0 = op.inputs[0] if thr is not None else None
+        return chain, codes, consts, thr, x0, tail
+
+    def layout_tail(self, name: str) -> tuple[list[Op], Op | None]:
+        """tf2onnx's layout ops around a Threshold with one tau for all elements (the next Larq
+        layer's sign), which then moves before them (it is the same for every element):
+        - Transpose(NCHW -> NHWC) -> Threshold -> Transpose(NHWC -> NCHW) (the sign between two
+          convs): the bits are the usual NCHW planes of the last Transpose's output;
+        - Transpose(NCHW -> NHWC) -> Flatten/Reshape to (N, H*W*C) -> Threshold (Flatten before a
+          Dense): its bits in the `hwc` order are what the next binary Linear reads.
+        ([], None) if `name` is not read so."""
+        v = self.value(name)
+        dims = _static(v.shape)
+        tr = self.sole_user(name)
+        if dims is None or len(dims) != 3 or tr is None or tr.qualname != "Transpose" \
+                or [int(p) for p in tr.attrs.get("perm", ())] != [0, 2, 3, 1]:
+            return [], None
+        mid = self.sole_user(tr.outputs[0])
+        back = self.sole_user(mid.outputs[0]) if mid is not None and mid.qualname == "tamec.Threshold" else None
+        if back is not None and back.qualname == "Transpose" and mid.inputs[0] == tr.outputs[0] \
+                and [int(p) for p in back.attrs.get("perm", ())] == [0, 3, 1, 2] and self._uniform(mid) \
+                and self.wants_packed(back.outputs[0]):
+            return [tr, back], mid
+        fl = mid
+        if fl is None or fl.qualname not in ("Flatten", "Reshape") or fl.inputs[0] != tr.outputs[0] \
+                or _static(self.value(fl.outputs[0]).shape) != (math.prod(dims),) \
+                or fl.qualname == "Flatten" and int(fl.attrs.get("axis", 1)) != 1:
+            return [], None
+        thr = self.sole_user(fl.outputs[0])
+        if thr is None or thr.qualname != "tamec.Threshold" or thr.inputs[0] != fl.outputs[0]:
+            return [], None
+        if not self._uniform(thr) or not self.wants_packed(thr.outputs[0]):
+            return [], None
+        return [tr, fl], thr
+
+    @staticmethod
+    def _uniform(thr: Op) -> bool:
+        """One tau and one flip for every element (so layout ops commute with the threshold)."""
+        try:
+            p = ThresholdParams.of(thr)
+        except TamecError:
+            return False
+        return p.tau.size == 1 and p.flip.size == 1
 
     def pointwise(self, op: Op, conv: Op | None = None) -> bool:
         """A pointwise chain (+ threshold) from `op`; with `conv`, the real one-channel Conv whose
         only reader `op` is (None: no chain) runs first in the same kernel."""
         if op is not None:
-            chain, codes, consts, thr, x0 = self.gather(op)
+            chain, codes, consts, thr, x0, tail = self.gather(op)
         else:
-            chain, codes, consts, thr, x0 = [], [], [], None, None
+            chain, codes, consts, thr, x0, tail = [], [], [], None, None, []
         if conv is not None:
             if chain and x0 != conv.outputs[0] or not chain and thr is not None and thr.inputs[0] != conv.outputs[0]:
-                chain, codes, consts, thr = [], [], [], None
+                chain, codes, consts, thr, tail = [], [], [], None, []
             x0 = conv.outputs[0]
         last = chain[-1].outputs[0] if chain else (x0 if conv is not None else None)
         if thr is None and not chain and conv is None:
@@ -708,27 +835,33 @@ class _Builder:
         t = None
         if thr is not None:
             t = _threshold(thr, c, len(xv.shape))
-            if t is None or self.value(thr.outputs[0]).dtype != "float32":
+            if t is None or self.value(thr.outputs[0]).dtype != "float32" or tail and not t.packable:
                 if not chain and conv is None:
                     return False
-                thr = None
+                thr, tail = None, []
         out = thr.outputs[0] if thr is not None else last
+        nchw_tail = bool(tail) and tail[-1].qualname == "Transpose"  # NHWC sandwich: NCHW bits out
+        if nchw_tail:
+            out = tail[-1].outputs[0]
         bits = thr is not None and t.packable and self.wants_packed(out)
         codes_a = np.asarray(codes, np.int64) if codes else _NO_CODES
         consts_a = np.ascontiguousarray(np.stack(consts).astype(np.float32)) if consts else np.zeros((0, c), np.float32)
         rep = Packed(c, S, sp if len(sp) == 2 else (), dims, t.can_zero(False)) if bits else None
+        if tail and not nchw_tail:
+            rep = replace(rep, shape=(c * S,), hwc=True)
         cw = rep.CW if bits else 1
         dn, up = t.float_bounds(max(c, cw * WORD)) if t is not None else (_NO_F, _NO_F)
         # bit words only for packed output (OUT_BITS reads them); a float output has no words
         pw = t.words(cw) if bits else _DUMMY_U2
         vals = t.vals() if t is not None else np.zeros((3, c), np.float32)
         mode = K.OUT_BITS if bits else (K.OUT_FLOAT if thr is not None else K.OUT_CHAIN)
-        names = [o.id for o in chain] + ([thr.id] if thr is not None else [])
+        names = [o.id for o in chain] + [o.id for o in tail] + ([thr.id] if thr is not None else [])
         if conv is not None:
             names.insert(0, conv.id)
             self.done.update(names)
-            return self._conv1(conv, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals,
-                               [o.op_type for o in chain])
+            build = self._conv1 if conv.qualname == "Conv" and self._one_channel(conv) else self._sgemm
+            return build(conv, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals,
+                         [o.op_type for o in chain])
         src = self.dense(x0)
         dst = self._new_slot()
         key = ("pw", op.id)
@@ -776,26 +909,137 @@ class _Builder:
         self.steps.append(step)
         return True
 
-    # -- real convolution of a one-channel image ------------------------------------------------
+    # -- real convolution and real Linear: float GEMM, then the pointwise chain fused ----------
     def real_conv(self, op: Op) -> bool:
-        """Conv on a dense one-channel float32 image with constant weights: its own kernel (the
-        evaluator's arithmetic), with the pointwise chain and threshold after it fused in."""
+        """Conv on a dense float32 image with constant float32 weights, with the pointwise chain
+        and threshold after it fused in: one-channel images in their own kernel (the evaluator's
+        arithmetic), several channels as float im2col + one BLAS GEMM (`_sgemm`)."""
         x = op.inputs[0]
         w = self.fixed(op.inputs[1]) if len(op.inputs) > 1 else None
         xv, ov = self.value(x), self.value(op.outputs[0])
         dims = _static(xv.shape)
-        if w is None or w.dtype != _F32 or w.ndim != 4 or w.shape[1] != 1 or int(op.attrs.get("group", 1)) != 1 \
-                or xv.dtype != "float32" or ov.dtype != "float32" or not dims or len(dims) != 3 or dims[0] != 1:
+        if w is None or w.dtype != _F32 or w.ndim != 4 or int(op.attrs.get("group", 1)) != 1 \
+                or xv.dtype != "float32" or ov.dtype != "float32" or not dims or len(dims) != 3 \
+                or dims[0] != w.shape[1]:
             return False
+        if list(op.attrs.get("kernel_shape") or w.shape[2:]) != list(w.shape[2:]):
+            return False
+        return self._real_then_chain(op, w.shape[0])
+
+    def real_gemm(self, op: Op) -> bool:
+        """tamec.Linear of a dense float32 (N, K) value with constant float32 weights: one BLAS
+        GEMM (numpy's, the evaluator's own call), then the pointwise chain (+ threshold) fused."""
+        w = self.fixed(op.inputs[1])
+        xv, ov = self.value(op.inputs[0]), self.value(op.outputs[0])
+        dims = _static(xv.shape)
+        if w is None or w.dtype != _F32 or w.ndim != 2 or xv.dtype != "float32" or ov.dtype != "float32" \
+                or not dims or len(dims) != 1 or dims[0] != w.shape[1] or op.inputs[0] in op.inputs[1:]:
+            return False
+        return self._real_then_chain(op, w.shape[0])
+
+    def _real_then_chain(self, op: Op, m: int) -> bool:
         b = self.fixed(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] else None
-        if len(op.inputs) > 2 and op.inputs[2] and (b is None or b.dtype != _F32 or b.size != w.shape[0]):
+        if len(op.inputs) > 2 and op.inputs[2] and (b is None or b.dtype != _F32 or b.size != m):
             return False
-        if list(op.attrs.get("kernel_shape") or w.shape[2:]) != list(w.shape[2:]) or len([o for o in op.outputs if o]) != 1:
+        if len([o for o in op.outputs if o]) != 1:
             return False
         u = self.sole_user(op.outputs[0])
         if u is not None and not (self.chain_link(u) is not None or u.qualname == "tamec.Threshold"):
             u = None
         return self.pointwise(u, conv=op)
+
+    def _one_channel(self, conv: Op) -> bool:
+        return self.fixed(conv.inputs[1]).shape[1] == 1
+
+    def _sgemm(self, op, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals, chain_types):
+        """The float GEMM step of a real Linear or multi-channel Conv. The GEMM writes channels-last
+        rows (N*S, M) into a reused buffer (BLAS: see the module docstring for why), and
+        `pointwise` reads each row as one position's channels, so for a threshold it writes the
+        (N, S, CW) bit planes directly; the bias is the chain's first Add."""
+        conv = op.qualname == "Conv"
+        w = self.fixed(op.inputs[1])
+        b = self.fixed(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] else None
+        m_ = w.shape[0]
+        wt = np.ascontiguousarray(w.reshape(m_, -1).T)  # (K, M): rows @ wt is the evaluator's matmul
+        if b is not None:
+            codes_a = np.concatenate([[K.OP_ADD], codes_a]).astype(np.int64)
+            consts_a = np.ascontiguousarray(np.vstack([b.reshape(1, m_).astype(np.float32), consts_a]))
+        x_name = op.inputs[0]
+        src = self.dense(x_name)
+        dst = self._new_slot()
+        key = ("sgemm", op.id)
+        if conv:
+            c_, h, wd = _static(self.value(x_name).shape)
+            kh, kw = w.shape[2:]
+            win = window(op.attrs, (h, wd), [kh, kw])
+            oh, ow = win.out
+            if (m_, oh, ow) != tuple(dims):
+                raise ModelStructureError(f"Conv output {tuple(dims)} disagrees with its window {(m_, oh, ow)}")
+            geom = np.array([h, wd, kh, kw, *win.strides, *win.dilations, win.head[0], win.head[1], oh, ow],
+                            np.int64)
+            S, kdim = oh * ow, c_ * kh * kw
+        else:
+            S, kdim = 1, w.shape[1]
+        # a bare GEMM (+ bias): no pointwise pass; the bias as numpy's add, the evaluator's own
+        plain = mode == K.OUT_CHAIN and codes_a.size == (b is not None)
+        bias_row = b.reshape(1, m_).astype(np.float32) if b is not None else None
+
+        def rows(env, arena):
+            """The GEMM's (N*S, M) result (in a reused buffer unless it is the plain output)."""
+            x = _f32(np.ascontiguousarray(env[src]))
+            n = x.shape[0]
+            if conv:
+                a = _buf(arena, key + ("cols",), (kdim, n * S), np.float32)
+                K.im2col_f32(x, geom, a)
+                a = a.T  # BLAS reads the transposed operand in place
+            else:
+                a = x.reshape(n, kdim)
+            y = np.empty((n * S, m_), np.float32) if plain else _buf(arena, key + ("y",), (n * S, m_), np.float32)
+            np.matmul(a, wt, out=y)
+            if plain and bias_row is not None:
+                np.add(y, bias_row, out=y)
+            return n, y
+
+        if bits:
+            self.pslot[out] = (dst, rep)
+            cw = rep.CW
+
+            def fn(env, arena):
+                n, y = rows(env, arena)
+                s = _buf(arena, key + ("s",), (n, S, cw), np.uint64)
+                m = _buf(arena, key + ("m",), (n, S, cw), np.uint64)
+                z, _ = K.pointwise(y.reshape(n * S, m_, 1), codes_a, consts_a, mode, dn, up, pw, vals,
+                                   s.reshape(n * S, 1, cw), m.reshape(n * S, 1, cw), _DUMMY_F)
+                env[dst] = (s, m, z)
+        else:
+            self.slot[out] = dst
+            shape = tuple(dims)
+
+            def fn(env, arena):
+                n, y = rows(env, arena)
+                if not plain:
+                    o = np.empty((n * S, m_, 1), np.float32)
+                    K.pointwise(y.reshape(n * S, m_, 1), codes_a, consts_a, mode, dn, up, pw, vals,
+                                _DUMMY_U, _DUMMY_U, o)
+                    y = o.reshape(n * S, m_)
+                if conv:  # channels-last rows -> NCHW
+                    y = np.ascontiguousarray(y.reshape(n, S, m_).transpose(0, 2, 1))
+                env[dst] = y.reshape((n,) + shape)
+
+        thr = len(names) > 1 + len(chain_types)
+        kind = ("conv" if conv else "sgemm") + "(BLAS)" + ("+bias" if plain and b is not None else
+                                                           "+pointwise" if chain_types or b is not None else "") \
+            + ("+threshold" if thr else "") + ("->bits" if bits else "->float32")
+        desc = [f"{kdim}->{m_}" + (f", {kh}x{kw} im2col, {h}x{wd} -> {oh}x{ow}" if conv else "")]
+        if chain_types:
+            desc.append("chain " + ",".join(chain_types))
+        if bits:
+            desc.append("ternary out" if rep.ternary else "bipolar out")
+        step = Step(kind, tuple(names), (x_name,), (out,), "; ".join(desc), fn)
+        if not bits:
+            step.fresh = (dst,)
+        self.steps.append(step)
+        return True
 
     def _conv1(self, conv, names, out, rep, bits, mode, dims, codes_a, consts_a, dn, up, pw, vals, chain_types):
         w = self.fixed(conv.inputs[1])
@@ -874,7 +1118,7 @@ class _Builder:
         J = w.shape[0]
         kw_words = rep.S * rep.CW  # words per GEMM row
         if conv:
-            if len(rep.spatial) != 2 or w.shape[1] != rep.C:
+            if len(rep.spatial) != 2 or w.shape[1] != rep.C or rep.hwc:
                 return False
             kh, kw = w.shape[2:]
             ks = list(op.attrs.get("kernel_shape") or [kh, kw])
@@ -896,8 +1140,8 @@ class _Builder:
             kdim = w.shape[1]
             if len(rep.shape) != 1 or rep.shape[0] != kdim:
                 return False
-            # feature f = c*S + s sits at bit s*CW*64 + c of the packed row
-            wb = w.reshape(J, rep.C, rep.S).transpose(0, 2, 1)
+            # feature f = c*S + s (f = s*C + c for the hwc order) sits at bit s*CW*64 + c of the row
+            wb = w.reshape(J, rep.S, rep.C) if rep.hwc else w.reshape(J, rep.C, rep.S).transpose(0, 2, 1)
             wb = np.pad(wb, [(0, 0), (0, 0), (0, rep.CW * WORD - rep.C)]).reshape(J, -1)
             kvalid, padded, geom = kdim, False, None
             out_rep = Packed(J, 1, (), (J,), False)
@@ -920,8 +1164,15 @@ class _Builder:
             bmax = float(np.abs(bias_a).max()) if bias is not None else 0.0
             if t is None or not t.packable or kvalid + bmax >= _EXACT:
                 t = None
-        fused = t is not None
-        if fused:
+        pooled = None
+        if t is None and conv and thr is not None and thr.qualname == "MaxPool" and bmode != K.BIAS_FLOAT:
+            pooled = self.pool_threshold(thr, out_rep, kvalid, bias_a if bias is not None else None, js)
+        fused = t is not None or pooled is not None
+        if pooled is not None:
+            tlo, thi, pw, pool_geom, map_words, final_rep, names, out = pooled
+            names = (op.id,) + tuple(names)
+            out_rep = Packed(J, out_rep.S, out_rep.spatial, out_rep.shape, True)
+        elif fused:
             out_rep = Packed(out_rep.C, out_rep.S, out_rep.spatial, out_rep.shape, t.can_zero(True))
             tlo, thi = t.int_bounds(js, bias_a if bias is not None else None)
             pw = t.words(out_rep.CW)
@@ -933,14 +1184,19 @@ class _Builder:
         key = ("gemm", op.id)
         tern_in = rep.ternary
         cw_in, jw = rep.CW, out_rep.CW
-        names = (op.id, thr.id) if fused else (op.id,)
+        if pooled is None:
+            names = (op.id, thr.id) if fused else (op.id,)
         self.done.update(names)
         kind = ("bconv" if conv else "bgemm") + ("+threshold->bits" if fused else "->float32")
+        if pooled is not None:
+            kind = "bconv+maxpool+threshold->bits"
         detail = f"K={kvalid} ({kw_words} words{', im2col' if conv else ''}), J={J}"
         if rep.ternary:
             detail += ", ternary in"
         if fused:
-            detail += ", ternary out" if out_rep.ternary else ", bipolar out"
+            detail += ", ternary out" if (final_rep if pooled else out_rep).ternary else ", bipolar out"
+        if pooled is not None:
+            detail += f", pool {final_rep.spatial[0]}x{final_rep.spatial[1]} on bits"
         if not conv:
             layer = _Layer(kw_words, kvalid, wT, tlo, thi, pw if fused else np.zeros((7, 1), np.uint64),
                            bias_a, bmode, K.OUT_BITS if fused else K.OUT_FLOAT, J,
@@ -981,7 +1237,23 @@ class _Builder:
             K.im2col(s, m, t_, geom, chanmask, cs, cm)
             return n, cs, cm, t_ or padded
 
-        if fused:
+        if pooled is not None:
+            self.pslot[out] = (dst, final_rep)
+            po = final_rep.S
+
+            def fn(env, arena):
+                n, a, am, tern = rows_of(env, arena)
+                r = a.shape[0]
+                acc = _buf(arena, key + ("acc",), (4 * js,), np.int64)
+                os_ = _buf(arena, key + ("s",), (r, jw), np.uint64)
+                om = _buf(arena, key + ("m",), (r, jw), np.uint64)
+                K.bgemm(a, am, tern, kvalid, wT, jc, K.OUT_BITS, tlo, thi, pw, bias_a, bmode,
+                        os_, om, _DUMMY_F2, acc)
+                ps_ = _buf(arena, key + ("ps",), (n, po, jw), np.uint64)
+                pm = _buf(arena, key + ("pm",), (n, po, jw), np.uint64)
+                z = K.maxpool_map(os_.reshape(n, oh_ow, jw), om.reshape(n, oh_ow, jw), pool_geom, map_words, ps_, pm)
+                env[dst] = (ps_, pm, z)
+        elif fused:
             self.pslot[out] = (dst, out_rep)
 
             def fn(env, arena):
@@ -1008,11 +1280,83 @@ class _Builder:
                         (n,) + out_rep.shape)
                 env[dst] = of
 
-        step = Step(kind, names, (x,), (out,), detail, fn)
+        step = Step(kind, tuple(names), (x,), (out,), detail, fn)
         if not fused:
             step.fresh = (dst,)
         self.steps.append(step)
         return True
+
+    def pool_threshold(self, pool: Op, conv_rep: Packed, k: int, bias: np.ndarray | None, js: int):
+        """A binary conv's integer output -> MaxPool -> a monotone pointwise chain -> Threshold
+        (Larq's QuantConv -> MaxPool -> BatchNorm -> sign), computed on bits without the float
+        image. Per channel the chain and threshold are evaluated (in float32, as the plan's
+        pointwise kernel) on every reachable integer dot d; where that state (below < tie <
+        above) is monotone in d, the epilogue writes v = state - 1 (increasing) or 1 - state
+        (decreasing), which is non-decreasing in d, so max-pool commutes with it: the pool is
+        the ternary max on bits, and `maxpool_map` maps the pooled v to the threshold's values.
+        Returns None where that does not hold exactly."""
+        if len([o for o in pool.outputs if o]) != 1 or len(pool.attrs.get("kernel_shape", ())) != 2:
+            return None
+        po = pool.outputs[0]
+        u = self.sole_user(po)
+        if u is None:
+            return None
+        if u.qualname == "tamec.Threshold":
+            chain, codes, consts, thr, x0, tail = [], [], [], u, po, []
+        else:
+            chain, codes, consts, thr, x0, tail = self.gather(u)
+        pdims = _static(self.value(po).shape)
+        nchw_tail = bool(tail) and tail[-1].qualname == "Transpose"
+        out = tail[-1].outputs[0] if nchw_tail else thr.outputs[0] if thr is not None else None
+        if thr is None or x0 != po or pdims is None or self.value(thr.outputs[0]).dtype != "float32" \
+                or not self.wants_packed(out):
+            return None
+        J = conv_rep.C
+        t = _threshold(thr, J, 4)
+        if t is None or not t.packable:
+            return None
+        b = np.zeros(J, np.int64) if bias is None else bias.astype(np.int64)
+        if k + int(np.abs(b).max()) >= _EXACT:
+            return None
+        d = np.arange(-k, k + 1, dtype=np.int64)
+        v = (d[None, :] + b[:, None]).astype(np.float32)  # the conv's float32 output, exact
+        consts_a = np.stack(consts).astype(np.float32) if consts else np.zeros((0, J), np.float32)
+        with np.errstate(all="ignore"):
+            v = _chain_np(codes, consts_a, v)
+            vf, tau = v.astype(np.float64), t.tau[:, None]
+            rank = np.where(vf > tau, 2, np.where(vf < tau, 0, 1))  # NaN tau: always the tie
+        steps = np.diff(rank, axis=1)
+        inc, dec = np.all(steps >= 0, axis=1), np.all(steps <= 0, axis=1)
+        if not np.all(inc | dec):
+            return None  # a non-monotone chain (NaN, c / x): max-pool does not commute
+        enc = np.where(inc[:, None], rank - 1, 1 - rank)  # non-decreasing in d
+        tlo = np.full(js, -_BIG, np.int64)
+        thi = np.full(js, _BIG, np.int64)
+        for j in range(J):
+            neg, pos = d[enc[j] < 0], d[enc[j] > 0]
+            if neg.size:
+                tlo[j] = neg.max()
+            if pos.size:
+                thi[j] = pos.min()
+        cw = conv_rep.CW
+        ones = np.ones(J)
+        encode = _Thr(np.zeros(J), ones, -ones, np.zeros(J)).words(cw)  # above +1, below -1, tie 0
+        # pooled v -> value: +1 is "above" for increasing channels, "below" for decreasing ones
+        vpos, vneg = np.where(inc, t.va, t.vb), np.where(inc, t.vb, t.va)
+        mapped = _Thr(t.tau, vpos, vneg, t.vt)
+        sp = conv_rep.spatial
+        win = window(pool.attrs, sp, list(pool.attrs["kernel_shape"]), bool(pool.attrs.get("ceil_mode", 0)))
+        oh, ow = win.out
+        if (J, oh, ow) != tuple(pdims):
+            return None
+        geom = np.array([sp[0], sp[1], *win.kernel, *win.strides, *win.dilations, win.head[0], win.head[1], oh, ow],
+                        np.int64)
+        zero_ok = bool(np.any(enc == 0)) and bool(np.any(t.vt == 0)) or bool(np.any(vpos == 0) | np.any(vneg == 0))
+        final = Packed(J, oh * ow, (oh, ow), (J, oh, ow), zero_ok)
+        if tail and not nchw_tail:
+            final = replace(final, shape=(J * oh * ow,), hwc=True)
+        names = [pool.id] + [o.id for o in chain] + [o.id for o in tail] + [thr.id]
+        return tlo, thi, encode, geom, mapped.words(cw), final, names, out
 
     # -- max-pool on bits -----------------------------------------------------------------------
     def maxpool(self, op: Op) -> bool:
@@ -1020,7 +1364,7 @@ class _Builder:
         if not self.gemm_ok(op, x) or x not in self.pslot:
             return False
         ps, rep = self.pslot[x]
-        if len(rep.spatial) != 2:
+        if len(rep.spatial) != 2 or rep.hwc:
             return False
         win = window(op.attrs, rep.spatial, list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
         oh, ow = win.out
@@ -1043,6 +1387,34 @@ class _Builder:
         self.done.add(op.id)
         self.steps.append(Step("maxpool(bits)", (op.id,), (x,), (out,),
                                f"{rep.C} ch, {rep.spatial[0]}x{rep.spatial[1]} -> {oh}x{ow}", fn))
+        return True
+
+
+    def maxpool_f32(self, op: Op) -> bool:
+        """Max-pool of a dense float32 image (no Indices output)."""
+        x, out = op.inputs[0], op.outputs[0]
+        xv = self.value(x)
+        dims = _static(xv.shape)
+        if xv.dtype != "float32" or dims is None or len(dims) != 3 or len([o for o in op.outputs if o]) != 1 \
+                or len(op.attrs.get("kernel_shape", ())) != 2:
+            return False
+        c, h, w = dims
+        win = window(op.attrs, (h, w), list(op.attrs["kernel_shape"]), bool(op.attrs.get("ceil_mode", 0)))
+        oh, ow = win.out
+        geom = np.array([h, w, *win.kernel, *win.strides, *win.dilations, win.head[0], win.head[1], oh, ow], np.int64)
+        src = self.dense(x)
+        dst = self.slot[out] = self._new_slot()
+
+        def fn(env, arena):
+            a = _f32(np.ascontiguousarray(env[src]))
+            o = np.empty((a.shape[0], c, oh, ow), np.float32)
+            K.maxpool_f32(a, geom, o)
+            env[dst] = o
+
+        self.done.add(op.id)
+        st = Step("maxpool(float32)", (op.id,), (x,), (out,), f"{c} ch, {h}x{w} -> {oh}x{ow}", fn)
+        st.fresh = (dst,)
+        self.steps.append(st)
         return True
 
 
@@ -1206,6 +1578,38 @@ class _Segment:
             st.parts.insert(0, (self.pre.kernel, self.pre.ops, self.pre.reads, self.pre.writes, self.pre.detail))
         st.kernel = ls[0].kind if len(st.parts) == 1 else f"bgemm-chain x{len(ls)}" + (" +input" if pre else "")
         st.detail = ls[0].detail if len(st.parts) == 1 else "one call, no Python between layers"
+
+
+def _chain_np(codes, consts: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The pointwise op chain in numpy on float32 v (C, D), constants (L, C): the same float32
+    operations as kernels._chain, for plan-time tables."""
+    f32 = np.float32
+    for k, c in zip(codes, consts):
+        c = c[:, None]
+        if k == K.OP_MUL:
+            v = v * c
+        elif k == K.OP_ADD:
+            v = v + c
+        elif k == K.OP_SUB:
+            v = v - c
+        elif k == K.OP_RSUB:
+            v = c - v
+        elif k == K.OP_DIV:
+            v = v / c
+        elif k == K.OP_RDIV:
+            v = c / v
+        elif k == K.OP_MIN:
+            v = np.where(v > c, c, v)
+        elif k == K.OP_MAX:
+            v = np.where(v < c, c, v)
+        elif k == K.OP_ROUND:
+            v = np.rint(v)
+        elif k == K.OP_FLOOR:
+            v = np.floor(v)
+        else:
+            v = np.ceil(v)
+        v = v.astype(f32, copy=False)
+    return v
 
 
 def _nonfinite(name: str) -> InputError:
