@@ -8,8 +8,9 @@ either side or the tie, and a class is proven only below the line by the logits'
 Answers:
   robust          every maximum (or HiGHS's dual bound, when a limit stopped it) is below the
                   argmax tie-break line (j < c needs logit_j < logit_c; j > c allows equality)
-                  by more than the logits' rounding error; or the ball holds one input only and
-                  the network classifies it as c;
+                  by more than the logits' rounding error; or the ball holds one input only, or
+                  is a Hamming ball of at most ENUMERATE_MAX inputs, and the network classifies
+                  every one as c;
   counterexample  a float32 point of the ball where another class wins; tamec runs the network
                   on it (reference evaluator) before saying so, and writes it. Candidates are the
                   MIP's point cast to float32, points searched near it in the ball (the MIP's
@@ -142,6 +143,36 @@ def search_near(ev, inp: str, out: str, xc: np.ndarray, x: np.ndarray, box, eps:
     return pts[bad[0]] if bad.size else None
 
 
+ENUMERATE_MAX = 4096  # Hamming balls up to this many inputs are decided by running every input
+
+
+def _ball_size(n: int, k: int) -> int:
+    from math import comb
+
+    return sum(comb(n, i) for i in range(min(k, n) + 1))
+
+
+def _enumerate_bits(ev, inp, out, x, box, k, label, shape, batch: int = 1024) -> np.ndarray | None:
+    """The first input of the Hamming ball of radius k (fewest flips first) the network does not
+    classify as `label`, or None when every one is."""
+    from itertools import chain, combinations
+
+    flat = x.reshape(-1)
+    flipped = np.where(flat == box[0].reshape(-1), box[1].reshape(-1), box[0].reshape(-1)).astype(x.dtype)
+    subsets = chain.from_iterable(combinations(range(flat.size), i) for i in range(1, min(k, flat.size) + 1))
+    while True:
+        chunk = [idx for _, idx in zip(range(batch), subsets)]
+        if not chunk:
+            return None
+        pts = np.repeat(flat[None], len(chunk), axis=0)
+        for r, idx in enumerate(chunk):
+            pts[r, list(idx)] = flipped[list(idx)]
+        y = ev.run({inp: pts.reshape((len(chunk),) + tuple(shape[1:]))})[out].reshape(len(chunk), -1)
+        bad = np.flatnonzero(np.argmax(y, axis=1) != label)
+        if bad.size:
+            return pts[bad[0]].reshape(x.shape)
+
+
 def _ball_milp(g, mip, inp, x, box, eps, norm, lo_dom, hi_dom) -> Milp:
     """The assembled MIP of `mip` with its input restricted to the ball."""
     p = mip.assemble()
@@ -171,10 +202,13 @@ def _ball_milp(g, mip, inp, x, box, eps, norm, lo_dom, hi_dom) -> Milp:
 
 def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int | None = None,
            time_limit: float | None = None, node_limit: int | None = None,
-           margin_tol: float = 1e-6, sample: bool = True, progress: bool = True) -> VerifyResult:
+           margin_tol: float = 1e-6, sample: bool = True, progress: bool = True,
+           enumerate_max: int | None = None) -> VerifyResult:
     """Decide whether the prediction of `model` (path, bytes, ModelProto) is constant over the
     `norm` ball of radius `eps` around the single input `x` (with or without its batch dim).
-    `sample=False` skips the sampling search, so every answer comes from the MIP.
+    `sample=False` skips the sampling search, so every answer comes from the MIP (or from running
+    every input of a Hamming ball of at most `enumerate_max` inputs, default ENUMERATE_MAX; 0 sends
+    every ball to the MIP).
     `time_limit` is the budget of the whole call in seconds: each HiGHS solve gets what is left
     (a class reached with nothing left is `limit`, so the answer is unknown, never a guess).
     `progress` shows a bar per class on stderr when it is a terminal. Ctrl-C raises
@@ -235,6 +269,16 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
     if (norm == "bits" and eps < 1) or (norm == "linf" and np.all(box[0] == box[1])):
         # the ball is the single float32 input x: running the network on it is the proof
         res.note = "the ball holds one input, which the network classifies as the label"
+        res.seconds = time.perf_counter() - t0
+        return res
+    if norm == "bits" and _ball_size(x.size, int(eps)) <= (ENUMERATE_MAX if enumerate_max is None else enumerate_max):
+        # a small Hamming ball: running the network on every input in it decides exactly
+        found = _enumerate_bits(ev, inp, g.outputs[0], x, box, int(eps), c, shape)
+        if found is not None:
+            res.answer, res.counterexample = "counterexample", found.reshape(shape)
+            res.counterexample_label = int(np.argmax(ev.run({inp: found.reshape(shape)})[g.outputs[0]].reshape(-1)))
+        res.note = (f"all {_ball_size(x.size, int(eps))} inputs of the Hamming ball run on the network"
+                    + ("" if found is None else "; this one is classified differently"))
         res.seconds = time.perf_counter() - t0
         return res
     found = attack(ev, inp, g.outputs[0], x, box, eps, norm, c, shape) if sample else None
