@@ -112,3 +112,14 @@ def test_unknown_reasons_are_documented():
     res = verify(m, np.array([0.5, 0.5], np.float32), 0.5, sample=False, progress=False, time_limit=0.0)
     assert res.answer == "unknown" and res.reason == "limit" and res.reason in REASONS, res.note
     assert res.to_json()["reason"] == "limit"
+
+
+def test_cli_prints_the_unknown_reason(tmp_path, capsys):
+    """`tamec verify` prints the reason beside "unknown" on its first line."""
+    from tamec.cli import main
+
+    onnx.save(rounding_model(tiny=0.5), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.array([0.5, 0.5], np.float32))
+    assert main(["verify", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.npy"), "--eps", "0.5",
+                 "--no-sample", "--time-limit", "0", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("unknown (limit): label")
