@@ -123,3 +123,45 @@ def test_cli_prints_the_unknown_reason(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.npy"), "--eps", "0.5",
                  "--no-sample", "--time-limit", "0", "--quiet"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("unknown (limit): label")
+
+
+def test_witness_near_an_exact_tie_is_searched_not_discarded():
+    """A generated CNN (bn-tiny larq layer, tie-exact biases) whose MIP witness is no float32 counterexample
+    itself: the search near it finds one, which onnxruntime confirms (the old verify said "unknown")."""
+    from tests.generated.harness import labels
+
+    spec = Spec(kind="cnn", in_shape=(2, 6, 7), first="real", in_act="sign", layers=(
+        Layer(width=5, weights="const", norm="bn-tiny", act="larq", kernel=1, stride=1, dilation=2, pad="VALID",
+              pool="none", pool_stride=1, pool_pad="SAME_UPPER"),
+        Layer(width=1, weights="const", norm="none", act="bipolarquant", kernel=3, pads=(0, 0, 2, 1), pool="max",
+              pool_stride=2, pool_pad="VALID"),
+        Layer(width=6, weights="sign", norm="bias-ties", act="mt-neg", kernel=3, pool="none")),
+        n_conv=2, n_out=8, head_norm="bias", head="hardtanh", expose=False, seed=555)
+    m = build(spec)
+    x = probe_inputs(spec, 6, seed=spec.seed)[4]
+    res = verify(m, x, 0.1, sample=False, progress=False)
+    assert res.answer == "counterexample", f"{res.answer} ({res.reason}): {res.note}"
+    xc = np.asarray(res.counterexample, np.float32).reshape(x.shape)
+    assert np.all(np.abs(xc - x) <= 0.1 + 1e-6) and np.all((xc >= 0) & (xc <= 1))
+    assert labels(m, xc[None])[1][0] != labels(m, x[None])[1][0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_small_hamming_ball_is_decided_by_running_it(seed):
+    """A Hamming ball of at most ENUMERATE_MAX inputs (fixed batch-1 model) gets robust or a real
+    counterexample, matching onnxruntime on every input of the ball, never unknown."""
+    import itertools
+
+    from tests.test_robustness import predict, tiny_bnn
+
+    k, eps = 8, 2
+    m = tiny_bnn(k, seed)
+    x = np.random.default_rng(seed + 10).integers(0, 2, k).astype(np.float32)
+    c = predict(m, x)
+    flips = [xc for r in range(1, eps + 1) for idx in itertools.combinations(range(k), r)
+             for xc in [np.where(np.isin(np.arange(k), idx), 1 - x, x)] if predict(m, xc) != c]
+    res = verify(m, x.reshape(1, k), eps, norm="bits", sample=False, progress=False, time_limit=0.0)
+    assert res.answer == ("counterexample" if flips else "robust"), res.note
+    if flips:
+        xc = res.counterexample.reshape(-1)
+        assert np.sum(xc != x) <= eps and predict(m, xc) != c

@@ -109,6 +109,16 @@ def attack(ev, inp: str, out: str, x: np.ndarray, box, eps: float, norm: str, la
     return None
 
 
+def _labels_of(ev, inp: str, out: str, pts: np.ndarray, shape) -> np.ndarray:
+    """The network's label of every point of the batch `pts` (one run per point when the model's
+    batch dim is fixed, which the evaluator refuses as an InputError)."""
+    try:
+        y = ev.run({inp: pts.reshape((len(pts),) + tuple(shape[1:]))})[out].reshape(len(pts), -1)
+    except TamecError:  # a model with a fixed batch size: one point at a time
+        y = np.stack([ev.run({inp: p.reshape(shape)})[out].reshape(-1) for p in pts])
+    return np.argmax(y, axis=1)
+
+
 def search_near(ev, inp: str, out: str, xc: np.ndarray, x: np.ndarray, box, eps: float, norm: str, label: int,
                 shape, n: int = 256, seed: int = 0) -> np.ndarray | None:
     """A float32 input of the ball near the point `xc` (a MIP solution) that the network does not
@@ -138,8 +148,7 @@ def search_near(ev, inp: str, out: str, xc: np.ndarray, x: np.ndarray, box, eps:
         pts = np.clip(pts, box[0].astype(x.dtype), box[1].astype(x.dtype))  # float32 rounding stays in
     if not len(pts):
         return None
-    y = ev.run({inp: pts.reshape((len(pts),) + tuple(shape[1:]))})[out].reshape(len(pts), -1)
-    bad = np.flatnonzero(np.argmax(y, axis=1) != label)
+    bad = np.flatnonzero(_labels_of(ev, inp, out, pts, shape) != label)
     return pts[bad[0]] if bad.size else None
 
 
@@ -167,8 +176,7 @@ def _enumerate_bits(ev, inp, out, x, box, k, label, shape, batch: int = 1024) ->
         pts = np.repeat(flat[None], len(chunk), axis=0)
         for r, idx in enumerate(chunk):
             pts[r, list(idx)] = flipped[list(idx)]
-        y = ev.run({inp: pts.reshape((len(chunk),) + tuple(shape[1:]))})[out].reshape(len(chunk), -1)
-        bad = np.flatnonzero(np.argmax(y, axis=1) != label)
+        bad = np.flatnonzero(_labels_of(ev, inp, out, pts, shape) != label)
         if bad.size:
             return pts[bad[0]].reshape(x.shape)
 
@@ -292,9 +300,11 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
     # float32 rounding error as slack around its threshold, so it over-approximates the float32
     # network; candidate counterexamples are cast to float32, searched near, re-solved on the
     # strict MIP (gap eps) whose points the network realizes, and always run on the network
-    err = rounding_error(g)
-    slack = {op.inputs[0]: err[op.inputs[0]] for op in g.ops() if op.qualname == "tamec.Threshold"}
-    mip = lower_inference(g, eps=0.0, rel_eps=0.0, float_slack=slack)
+    steps: dict = {}  # binary inputs (--norm bits): rows float32 computes exactly, on their grid
+    err = rounding_error(g, {inp: (box[0], box[1])} if norm == "bits" else None, steps)
+    thr = [op.inputs[0] for op in g.ops() if op.qualname == "tamec.Threshold"]
+    mip = lower_inference(g, eps=0.0, rel_eps=0.0, float_slack={s_: err[s_] for s_ in thr},
+                          float_grid={s_: steps[s_] for s_ in thr if s_ in steps})
     p = _ball_milp(g, mip, inp, x, box, eps, norm, lo_dom, hi_dom)
     start = encode_solution(mip, p, ev.run(feeds, keep_all=True))
     (oblk, ogrp), = mip.meta["outputs"][g.outputs[0]][:1]

@@ -132,12 +132,50 @@ def _op_error(g: Graph, op, err: dict) -> np.ndarray:
     return np.full(n, np.inf)
 
 
-def rounding_error(g: Graph) -> dict[str, np.ndarray]:
+def dyadic_step(a) -> np.ndarray:
+    """The largest power of two dividing each finite float `a` (inf for 0): float32 values are dyadic."""
+    a = np.abs(np.asarray(a, np.float64))
+    m, e = np.frexp(a)  # a = m 2^e, m in [0.5, 1) with at most 53 bits
+    mi = (m * 2.0 ** 53).astype(np.int64)
+    tz = np.zeros(mi.shape, np.int64)
+    nz = mi != 0
+    low = mi[nz] & -mi[nz]  # the lowest set bit
+    tz[nz] = np.log2(low.astype(np.float64)).astype(np.int64)
+    return np.where(a == 0, np.inf, np.ldexp(1.0, (e - 53 + tz).astype(np.int32)))
+
+
+def _grid_step(g: Graph, op, x: Value, step_in: np.ndarray) -> np.ndarray | None:
+    """For a Linear/Conv of an input that takes only values on the dyadic grid `step_in`: the grid of
+    its output per element where float32 computes it exactly (every product and partial sum fits 24
+    bits: sum |terms| <= 2^24 * step), else nan; None for other ops."""
+    if op.qualname not in ("tamec.Linear", "Conv"):
+        return None
+    T, d = _affine_abs(g, op, x)
+    T = sp.csr_matrix(T)
+    terms = dyadic_step(T.data) * step_in[T.indices]
+    rows = np.repeat(np.arange(T.shape[0]), np.diff(T.indptr))
+    q = np.full(T.shape[0], np.inf)
+    np.minimum.at(q, rows, terms)
+    q = np.minimum(q, dyadic_step(d))
+    total = T @ _mag(x, T.shape[1]) + d
+    return np.where(np.isfinite(q) & (total <= EXACT_INT * q), q, np.nan)
+
+
+def rounding_error(g: Graph, grid_inputs: dict[str, np.ndarray] | None = None,
+                   steps: dict | None = None) -> dict[str, np.ndarray]:
     """Per non-constant value of the compiled graph `g` (bounds pass run), the flattened
-    per-example bound on |float32 value - exact value| over the input box."""
+    per-example bound on |float32 value - exact value| over the input box. `grid_inputs` names
+    inputs that take only their box ends (--norm bits), with those ends per element: a Linear or
+    Conv of one is exact (error 0) where every product and partial sum is a float32 integer
+    multiple of the row's dyadic step, and `steps` (when given) receives that step per element
+    (nan where not exact): the values the pre-activation can take lie on that grid."""
     err: dict[str, np.ndarray] = {}
+    grid: dict[str, np.ndarray] = {}
     for name in g.inputs:
         err[name] = np.zeros(int(np.prod(_ex(g.values[name]), dtype=np.int64)))
+        if grid_inputs and name in grid_inputs:
+            lo, hi = grid_inputs[name]
+            grid[name] = np.minimum(dyadic_step(lo), dyadic_step(hi)).reshape(-1)
     for op in g.ops():
         try:
             e = _op_error(g, op, err)
@@ -152,5 +190,12 @@ def rounding_error(g: Graph) -> dict[str, np.ndarray]:
             if v.domain.is_integer and np.all(_mag(v, n) < EXACT_INT) and all(
                     np.all(err.get(i, 0.0) == 0) for i in op.inputs if i and g.const(i) is None):
                 eo = np.zeros(n)  # integers from exact integers: float32 computes them exactly
+            if o == op.outputs[0] and op.inputs and op.inputs[0] in grid and e is not None:
+                q = _grid_step(g, op, g.values[op.inputs[0]], grid[op.inputs[0]])
+                if q is not None and q.size == n and not np.all(np.isnan(q)):
+                    grid[o] = np.where(np.isnan(q), np.inf, q)  # inf: off the grid (not exact)
+                    eo = np.where(np.isnan(q), eo, 0.0)
+                    if steps is not None:
+                        steps[o] = q
             err[o] = eo
     return err

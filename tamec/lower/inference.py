@@ -398,9 +398,9 @@ class _BlockLowering:
     """Builds one inference Block from its spec."""
 
     def __init__(self, g: Graph, spec: BlockSpec, owners: dict, blocks: dict, eps: float, rel_eps: float,
-                 bounds_source, float_slack: dict | None = None):
+                 bounds_source, float_slack: dict | None = None, float_grid: dict | None = None):
         self.g, self.spec, self.eps, self.rel_eps = g, spec, eps, rel_eps
-        self.float_slack = float_slack or {}
+        self.float_slack, self.float_grid = float_slack or {}, float_grid or {}
         self.owners, self.blocks = owners, blocks
         self.bounds_source = bounds_source
         self.block = Block(spec.name, "inference", tuple(spec.ops))
@@ -825,7 +825,7 @@ class _BlockLowering:
         sgrp = self.preactivation(op, sname)
         sg = self.block.group(sgrp)
         st = threshold_states(op, self.g.values[sname], sg.lb, sg.ub, self.eps, self.rel_eps,
-                              self.float_slack.get(sname))
+                              self.float_slack.get(sname), self.float_grid.get(sname))
         self.info["threshold"] = op.id
         self.info["neurons"] += st.n
         self.info["big_m"] = big_m = self._big_m_source(op, sname)
@@ -1006,12 +1006,15 @@ class _States:
 
 
 def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: float,
-                     rel_eps: float = 0.0, slack: np.ndarray | None = None) -> _States:
+                     rel_eps: float = 0.0, slack: np.ndarray | None = None,
+                     grid: np.ndarray | None = None) -> _States:
     """Which states each neuron of Threshold `op` can reach with its input in [L, U]; a real
     pre-activation's strict side starts max(eps, rel_eps * (U - L)) away from tau.
     `slack` (per neuron, real s only) is a bound on the float32 rounding error of s: the exact s
     of a neuron the network puts above tau is >= tau - slack, below tau <= tau + slack, on the
-    tie within slack of tau, so each state's range is widened by it (eps and rel_eps unused)."""
+    tie within slack of tau, so each state's range is widened by it (eps and rel_eps unused).
+    `grid` (per neuron, real s only; nan or inf where none) is a dyadic step every reachable s is
+    a multiple of, computed exactly by float32 (binary inputs): there s is on that lattice."""
     p = ThresholdParams.of(op)
     tau, up, down, _ = p.per_element((1,) + _ex_shape(sval))
     lo, hi, tie = p.lo, p.hi, p.tie
@@ -1031,7 +1034,16 @@ def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: flo
         on, above, below, t_lo, t_hi = fin, t0 - sl, t0 + sl, t0 - sl, t0 + sl
     elif lat is None:
         on, above, below = fin, t0 + gap, t0 - gap
-    else:
+    if lat is None and grid is not None:
+        q = np.broadcast_to(np.asarray(grid, np.float64), tau.shape)
+        use = fin & np.isfinite(q) & (q > 0)
+        qs = np.where(use, q, 1.0)
+        k = t0 / qs
+        on = np.where(use, k == np.round(k), on)
+        above = np.where(use, qs * (np.floor(k) + 1), above)
+        below = np.where(use, qs * (np.ceil(k) - 1), below)
+        gap, t_lo, t_hi = np.where(use, 0.0, gap), np.where(use, t0, t_lo), np.where(use, t0, t_hi)
+    if lat is not None:
         o, step = lat
         q = (t0 - o) / step
         on = fin & (q == np.round(q))
@@ -1064,7 +1076,8 @@ def lattice(v: Value) -> tuple[float, float] | None:
 # ------------------------------------------------------------------------------------------------
 def lower_inference(graph: Graph, specs: list[BlockSpec] | None = None, *, eps: float = 1e-6,
                     rel_eps: float = REL_EPS, bounds_source: str | dict | None = None,
-                    float_slack: dict[str, np.ndarray] | None = None) -> MipModule:
+                    float_slack: dict[str, np.ndarray] | None = None,
+                    float_grid: dict[str, np.ndarray] | None = None) -> MipModule:
     """The inference MIP of `graph` (compiled and bounded): one Block per spec, links between
     them; see the module docstring for the encodings. The strict side of a threshold on a real
     pre-activation starts max(eps, rel_eps * (U - L)) away from tau; `bounds_source` overrides
@@ -1073,7 +1086,9 @@ def lower_inference(graph: Graph, specs: list[BlockSpec] | None = None, *, eps: 
     over-approximates the exact-arithmetic network. `float_slack` maps a threshold's input value
     to a per-neuron bound on its float32 rounding error (tamec.lower.float_error): a neuron within
     it of tau takes either side or the tie, so the MIP over-approximates the float32 network that
-    runs, the safe side for verification proofs."""
+    runs, the safe side for verification proofs. `float_grid` maps a threshold's input to a
+    per-neuron dyadic step where float32 computes it exactly from binary inputs: those neurons
+    take the lattice's states, exactly (threshold_states)."""
     if not (eps >= 0 and rel_eps >= 0):
         raise ValueError("eps and rel_eps must be nonnegative")
     specs = partition(graph) if specs is None else [s if isinstance(s, BlockSpec) else BlockSpec.from_json(s)
@@ -1083,7 +1098,7 @@ def lower_inference(graph: Graph, specs: list[BlockSpec] | None = None, *, eps: 
     mod = MipModule()
     values: dict[str, list] = {}
     for spec in specs:
-        low = _BlockLowering(graph, spec, owners, blocks, eps, rel_eps, bounds_source, float_slack)
+        low = _BlockLowering(graph, spec, owners, blocks, eps, rel_eps, bounds_source, float_slack, float_grid)
         b = low.run()
         blocks[b.name] = b
         mod.blocks.append(b)
