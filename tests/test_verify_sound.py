@@ -165,3 +165,20 @@ def test_small_hamming_ball_is_decided_by_running_it(seed):
     if flips:
         xc = res.counterexample.reshape(-1)
         assert np.sum(xc != x) <= eps and predict(m, xc) != c
+
+
+def test_counterexample_is_judged_by_onnxruntime():
+    """On models/sign_ties.onnx the MIP reaches near-tie points where tamec's evaluator and onnxruntime
+    round differently: every counterexample verify gives is one onnxruntime labels differently (the old
+    verify gave one its evaluator labelled 0 and onnxruntime labelled 6, the input's own label)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "models" / "sign_ties.onnx"
+    m = onnx.load(path)
+    rng = np.random.default_rng(0)
+    x = [rng.integers(0, 65, 16).astype(np.float32) / 64 for _ in range(3)][-1]
+    res = verify(str(path), x, 0.05, sample=False, progress=False)
+    assert res.answer == "counterexample", f"{res.answer}: {res.note}"
+    xc = np.asarray(res.counterexample, np.float32).reshape(1, 16)
+    assert np.max(np.abs(xc - x)) <= 0.05 + 1e-6
+    assert np.argmax(ort_logits(m, xc)) == res.counterexample_label != np.argmax(ort_logits(m, x[None]))

@@ -109,6 +109,39 @@ def attack(ev, inp: str, out: str, x: np.ndarray, box, eps: float, norm: str, la
     return None
 
 
+class _Network:
+    """The network that runs, as the judge of every candidate point: onnxruntime on the original
+    model when it can load it (QONNX ops: the evaluator), `run(feeds)` -> {out: logits} as the
+    evaluator's. The evaluator's float32 BatchNorm and MatMul need not round as onnxruntime's do,
+    so at a near-tie point they can disagree: the answer is about the model the user runs."""
+
+    def __init__(self, model, inp: str, out: str, ev):
+        self.inp, self.out, self.ev, self.sess = inp, out, ev, None
+        try:
+            import onnx
+            import onnxruntime as ort
+
+            data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.log_severity_level = 1, 3
+            self.sess = ort.InferenceSession(data if isinstance(data, bytes) else str(data), so,
+                                             providers=["CPUExecutionProvider"])
+            self.name = self.sess.get_inputs()[0].name
+        except Exception:  # noqa: BLE001  QONNX ops, or no file onnxruntime reads: the evaluator judges
+            self.sess = None
+
+    def run(self, feeds: dict) -> dict:
+        x = feeds[self.inp]
+        if self.sess is None:
+            return {self.out: self.ev.run(feeds)[self.out]}
+        try:
+            return {self.out: self.sess.run(None, {self.name: x})[0]}
+        except Exception:  # noqa: BLE001  a fixed batch size: one point at a time
+            if len(x) == 1:
+                raise
+            return {self.out: np.concatenate([self.sess.run(None, {self.name: x[i:i + 1]})[0] for i in range(len(x))])}
+
+
 def _labels_of(ev, inp: str, out: str, pts: np.ndarray, shape) -> np.ndarray:
     """The network's label of every point of the batch `pts` (one run per point when the model's
     batch dim is fixed, which the evaluator refuses as an InputError)."""
@@ -262,7 +295,8 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
     g = mod.graph
     ev = Evaluator(g)
     feeds = {inp: x.reshape(shape)}
-    logits = ev.run(feeds)[g.outputs[0]].reshape(-1)
+    net = _Network(model, inp, g.outputs[0], ev)
+    logits = net.run(feeds)[g.outputs[0]].reshape(-1)
     pred = int(np.argmax(logits))
     if label is not None and not 0 <= int(label) < logits.size:
         raise UsageError(f"--label {label} is not a class of this model", file=str(model) if isinstance(model, str) else None,
@@ -281,18 +315,18 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
         return res
     if norm == "bits" and _ball_size(x.size, int(eps)) <= (ENUMERATE_MAX if enumerate_max is None else enumerate_max):
         # a small Hamming ball: running the network on every input in it decides exactly
-        found = _enumerate_bits(ev, inp, g.outputs[0], x, box, int(eps), c, shape)
+        found = _enumerate_bits(net, inp, g.outputs[0], x, box, int(eps), c, shape)
         if found is not None:
             res.answer, res.counterexample = "counterexample", found.reshape(shape)
-            res.counterexample_label = int(np.argmax(ev.run({inp: found.reshape(shape)})[g.outputs[0]].reshape(-1)))
+            res.counterexample_label = int(np.argmax(net.run({inp: found.reshape(shape)})[g.outputs[0]].reshape(-1)))
         res.note = (f"all {_ball_size(x.size, int(eps))} inputs of the Hamming ball run on the network"
                     + ("" if found is None else "; this one is classified differently"))
         res.seconds = time.perf_counter() - t0
         return res
-    found = attack(ev, inp, g.outputs[0], x, box, eps, norm, c, shape) if sample else None
+    found = attack(net, inp, g.outputs[0], x, box, eps, norm, c, shape) if sample else None
     if found is not None:
         res.answer, res.counterexample = "counterexample", found.reshape(shape)
-        res.counterexample_label = int(np.argmax(ev.run({inp: found.reshape(shape)})[g.outputs[0]].reshape(-1)))
+        res.counterexample_label = int(np.argmax(net.run({inp: found.reshape(shape)})[g.outputs[0]].reshape(-1)))
         res.note = "found by sampling the ball before the MIP; confirmed on the network"
         res.seconds = time.perf_counter() - t0
         return res
@@ -340,12 +374,12 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
                 continue
             if sol.x is not None and sol.objective is not None and sol.objective >= line - fe - margin_tol:
                 xc = _point(decode(mip, p, sol.x)[inp], norm, lo_dom, hi_dom).reshape(shape).astype(v.dtype)
-                yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+                yc = net.run({inp: xc})[g.outputs[0]].reshape(-1)
                 near = None if int(np.argmax(yc)) != c else search_near(
-                    ev, inp, g.outputs[0], xc, x, box, eps, norm, c, shape)
+                    net, inp, g.outputs[0], xc, x, box, eps, norm, c, shape)
                 if near is not None:  # the MIP's point needed a nudge to a float32 input that flips
                     xc = near.reshape(shape)
-                    yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+                    yc = net.run({inp: xc})[g.outputs[0]].reshape(-1)
                 if int(np.argmax(yc)) == c:  # a tie artefact of the relaxed MIP: ask the strict one
                     if strict is None:
                         smip = lower_inference(g)
@@ -357,12 +391,12 @@ def verify(model, x: np.ndarray, eps: float, *, norm: str = "linf", label: int |
                         raise KeyboardInterrupt
                     if ssol.x is not None and ssol.objective is not None and ssol.objective >= line - margin_tol:
                         xc = _point(decode(smip, sp_, ssol.x)[inp], norm, lo_dom, hi_dom).reshape(shape).astype(v.dtype)
-                        yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+                        yc = net.run({inp: xc})[g.outputs[0]].reshape(-1)
                         near = None if int(np.argmax(yc)) != c else search_near(
-                            ev, inp, g.outputs[0], xc, x, box, eps, norm, c, shape, seed=1)
+                            net, inp, g.outputs[0], xc, x, box, eps, norm, c, shape, seed=1)
                         if near is not None:
                             xc = near.reshape(shape)
-                            yc = ev.run({inp: xc})[g.outputs[0]].reshape(-1)
+                            yc = net.run({inp: xc})[g.outputs[0]].reshape(-1)
                 if int(np.argmax(yc)) != c and _in_ball(xc.reshape(x.shape), x, eps, norm, box):
                     res.answer, res.counterexample, res.counterexample_label = "counterexample", xc, int(np.argmax(yc))
                     entry["confirmed"] = entry["decided"] = True
