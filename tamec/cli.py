@@ -348,7 +348,8 @@ def _print_verify(a, res) -> int:
     if a.json:
         print(json.dumps(res.to_json(), indent=2))
         return 0
-    print(f"{res.answer}{' (interrupted)' if res.interrupted else ''}: label {res.label}, "
+    why = f" ({res.reason})" if res.answer == "unknown" and res.reason and not res.interrupted else ""
+    print(f"{res.answer}{why}{' (interrupted)' if res.interrupted else ''}: label {res.label}, "
           f"{a.norm} ball of radius {a.eps:g}"
           + (f" -> class {res.counterexample_label}" if res.counterexample_label is not None else "")
           + f" ({res.seconds:.2f} s)")

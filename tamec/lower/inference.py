@@ -398,8 +398,9 @@ class _BlockLowering:
     """Builds one inference Block from its spec."""
 
     def __init__(self, g: Graph, spec: BlockSpec, owners: dict, blocks: dict, eps: float, rel_eps: float,
-                 bounds_source):
+                 bounds_source, float_slack: dict | None = None, float_grid: dict | None = None):
         self.g, self.spec, self.eps, self.rel_eps = g, spec, eps, rel_eps
+        self.float_slack, self.float_grid = float_slack or {}, float_grid or {}
         self.owners, self.blocks = owners, blocks
         self.bounds_source = bounds_source
         self.block = Block(spec.name, "inference", tuple(spec.ops))
@@ -823,7 +824,8 @@ class _BlockLowering:
         sname, out = op.inputs[0], self.g.values[op.outputs[0]]
         sgrp = self.preactivation(op, sname)
         sg = self.block.group(sgrp)
-        st = threshold_states(op, self.g.values[sname], sg.lb, sg.ub, self.eps, self.rel_eps)
+        st = threshold_states(op, self.g.values[sname], sg.lb, sg.ub, self.eps, self.rel_eps,
+                              self.float_slack.get(sname), self.float_grid.get(sname))
         self.info["threshold"] = op.id
         self.info["neurons"] += st.n
         self.info["big_m"] = big_m = self._big_m_source(op, sname)
@@ -906,8 +908,8 @@ class _BlockLowering:
             return const
         self._need_finite(op, st, idx)
         tie_up = st.can_tie & (btie == top)  # the tie belongs to the upper side
-        a = np.where(tie_up, st.t0, st.above)[idx]
-        b = np.where(st.can_tie & ~tie_up, st.t0, st.below)[idx]
+        a = np.where(tie_up, st.t_lo, st.above)[idx]
+        b = np.where(st.can_tie & ~tie_up, st.t_hi, st.below)[idx]
         L, U, pos = st.L[idx], st.U[idx], top[idx]
         S = _sel(idx, n)
         # z = upper-side indicator: s - (a - L) z >= L, s - (U - b) z <= b; z = u where the level
@@ -954,17 +956,19 @@ class _BlockLowering:
         if not idx.size:
             return const
         self._need_finite(op, st, idx)
-        t, a, b, L, U, gp = st.t0[idx], st.above[idx], st.below[idx], st.L[idx], st.U[idx], g_is_p[idx]
+        tl, th, a, b, L, U, gp = (st.t_lo[idx], st.t_hi[idx], st.above[idx], st.below[idx], st.L[idx], st.U[idx],
+                                  g_is_p[idx])
         S = _sel(idx, N)
-        # s >= tau + (a - tau) g - (tau - L) l ;  s <= tau + (U - tau) g - (tau - b) l
-        cg_lo, cl_lo, cg_hi, cl_hi = -(a - t), t - L, -(U - t), t - b
+        # s >= tl + (a - tl) g - (tl - L) l ;  s <= th + (U - th) g - (th - b) l  (tl = th = tau
+        # unless float32 slack widens the tie to [tau - slack, tau + slack])
+        cg_lo, cl_lo, cg_hi, cl_hi = -(a - tl), tl - L, -(U - th), th - b
         info = {"op": op.id, "origin": op.origin, "kind": "big-m", "big_m": big_m}
         self.block.add_rows(f"{op.id}:big-m-lo", {sgrp: S, p: _diag(np.where(gp, cg_lo, cl_lo)) @ S,
                                                   n: _diag(np.where(gp, cl_lo, cg_lo)) @ S},
-                            t, np.inf, m=t - L, **info)
+                            tl, np.inf, m=tl - L, **info)
         self.block.add_rows(f"{op.id}:big-m-hi", {sgrp: S, p: _diag(np.where(gp, cg_hi, cl_hi)) @ S,
                                                   n: _diag(np.where(gp, cl_hi, cg_hi)) @ S},
-                            -np.inf, t, m=U - t, **info)
+                            -np.inf, th, m=U - th, **info)
         return const
 
     def _need_finite(self, op: Op, st: "_States", idx: np.ndarray) -> None:
@@ -997,12 +1001,20 @@ class _States:
     can_lt: np.ndarray
     can_tie: np.ndarray
     gap: np.ndarray  # the eps actually used per neuron (0 on a lattice)
+    t_lo: np.ndarray = None  # the tie state's range of the exact s: [t_lo, t_hi] (tau, or tau -+ float slack)
+    t_hi: np.ndarray = None
 
 
 def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: float,
-                     rel_eps: float = 0.0) -> _States:
+                     rel_eps: float = 0.0, slack: np.ndarray | None = None,
+                     grid: np.ndarray | None = None) -> _States:
     """Which states each neuron of Threshold `op` can reach with its input in [L, U]; a real
-    pre-activation's strict side starts max(eps, rel_eps * (U - L)) away from tau."""
+    pre-activation's strict side starts max(eps, rel_eps * (U - L)) away from tau.
+    `slack` (per neuron, real s only) is a bound on the float32 rounding error of s: the exact s
+    of a neuron the network puts above tau is >= tau - slack, below tau <= tau + slack, on the
+    tie within slack of tau, so each state's range is widened by it (eps and rel_eps unused).
+    `grid` (per neuron, real s only; nan or inf where none) is a dyadic step every reachable s is
+    a multiple of, computed exactly by float32 (binary inputs): there s is on that lattice."""
     p = ThresholdParams.of(op)
     tau, up, down, _ = p.per_element((1,) + _ex_shape(sval))
     lo, hi, tie = p.lo, p.hi, p.tie
@@ -1012,9 +1024,26 @@ def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: flo
     L, U = np.asarray(L, np.float64), np.asarray(U, np.float64)
     width = U - L
     gap = np.maximum(eps, rel_eps * np.where(np.isfinite(width), width, 0.0))
-    if lat is None:
+    t_lo = t_hi = t0
+    if lat is None and slack is not None:
+        # a slack past the interval is no wider than "any state": keep the rows finite
+        sl = np.broadcast_to(np.asarray(slack, np.float64), tau.shape)
+        sl = np.minimum(sl, np.maximum(np.maximum(U - t0, t0 - L), 0.0))
+        sl = np.where(fin & np.isfinite(sl), sl, 0.0)
+        gap = np.zeros(tau.size)
+        on, above, below, t_lo, t_hi = fin, t0 - sl, t0 + sl, t0 - sl, t0 + sl
+    elif lat is None:
         on, above, below = fin, t0 + gap, t0 - gap
-    else:
+    if lat is None and grid is not None:
+        q = np.broadcast_to(np.asarray(grid, np.float64), tau.shape)
+        use = fin & np.isfinite(q) & (q > 0)
+        qs = np.where(use, q, 1.0)
+        k = t0 / qs
+        on = np.where(use, k == np.round(k), on)
+        above = np.where(use, qs * (np.floor(k) + 1), above)
+        below = np.where(use, qs * (np.ceil(k) - 1), below)
+        gap, t_lo, t_hi = np.where(use, 0.0, gap), np.where(use, t0, t_lo), np.where(use, t0, t_hi)
+    if lat is not None:
         o, step = lat
         q = (t0 - o) / step
         on = fin & (q == np.round(q))
@@ -1022,12 +1051,12 @@ def threshold_states(op: Op, sval: Value, L: np.ndarray, U: np.ndarray, eps: flo
         gap = np.zeros(tau.size)
     can_gt = (tau == -np.inf) | (fin & (above <= U))
     can_lt = (tau == np.inf) | (fin & (below >= L))
-    can_tie = np.isnan(tau) | (on & (t0 >= L) & (t0 <= U))
+    can_tie = np.isnan(tau) | (on & (t_hi >= L) & (t_lo <= U))
     if np.any(~(can_gt | can_lt | can_tie)):
         raise ModelStructureError(f"pre-activation %{sval.name} can reach no value for some neurons "
                                   "(its bounds hold no lattice point)", node=op.id, op=op.qualname)
     return _States(tau.size, tau, t0, up, down, lo, hi, tie, L, U,
-                   above, below, can_gt, can_lt, can_tie, gap)
+                   above, below, can_gt, can_lt, can_tie, gap, t_lo, t_hi)
 
 
 def _enc_of(v: Value) -> str:
@@ -1046,13 +1075,20 @@ def lattice(v: Value) -> tuple[float, float] | None:
 # the module
 # ------------------------------------------------------------------------------------------------
 def lower_inference(graph: Graph, specs: list[BlockSpec] | None = None, *, eps: float = 1e-6,
-                    rel_eps: float = REL_EPS, bounds_source: str | dict | None = None) -> MipModule:
+                    rel_eps: float = REL_EPS, bounds_source: str | dict | None = None,
+                    float_slack: dict[str, np.ndarray] | None = None,
+                    float_grid: dict[str, np.ndarray] | None = None) -> MipModule:
     """The inference MIP of `graph` (compiled and bounded): one Block per spec, links between
     them; see the module docstring for the encodings. The strict side of a threshold on a real
     pre-activation starts max(eps, rel_eps * (U - L)) away from tau; `bounds_source` overrides
     where the big-M values are said to come from (default: each Value's bounds_source, else
     "interval"). eps = rel_eps = 0 lets both sides meet at tau: at exact real ties the MIP then
-    over-approximates the network, the safe side for verification proofs."""
+    over-approximates the exact-arithmetic network. `float_slack` maps a threshold's input value
+    to a per-neuron bound on its float32 rounding error (tamec.lower.float_error): a neuron within
+    it of tau takes either side or the tie, so the MIP over-approximates the float32 network that
+    runs, the safe side for verification proofs. `float_grid` maps a threshold's input to a
+    per-neuron dyadic step where float32 computes it exactly from binary inputs: those neurons
+    take the lattice's states, exactly (threshold_states)."""
     if not (eps >= 0 and rel_eps >= 0):
         raise ValueError("eps and rel_eps must be nonnegative")
     specs = partition(graph) if specs is None else [s if isinstance(s, BlockSpec) else BlockSpec.from_json(s)
@@ -1062,7 +1098,7 @@ def lower_inference(graph: Graph, specs: list[BlockSpec] | None = None, *, eps: 
     mod = MipModule()
     values: dict[str, list] = {}
     for spec in specs:
-        low = _BlockLowering(graph, spec, owners, blocks, eps, rel_eps, bounds_source)
+        low = _BlockLowering(graph, spec, owners, blocks, eps, rel_eps, bounds_source, float_slack, float_grid)
         b = low.run()
         blocks[b.name] = b
         mod.blocks.append(b)

@@ -49,12 +49,6 @@ FOUND_GAPS: dict[str, str] = {
     "mip-real-tie": "with the input fixed so that a real pre-activation is exactly on its threshold, the "
                     "inference MIP admits a second activation vector / decodes another value: "
                     "/work/repros/harness_mip_real_tie.py; the MIP property skips such inputs",
-    "verify-tiny-gamma": "verify at eps=0 answers 'unknown' when a real layer's BatchNorm gamma is ~1e-6 (the "
-                         "pre-activation margin is below HiGHS's tolerances): /work/repros/harness_verify_tiny_gamma.py; "
-                         "verify draws no tiny gammas",
-    "verify-real-tie": "verify at eps=0 answers 'unknown' when a real pre-activation is exactly on its "
-                       "threshold (bounds widened outward make the relaxed MIP loose; the strict MIP's proof is "
-                       "not accepted): /work/repros/harness_verify_eps0_tie.py; verify inputs avoid such ties",
 }
 
 ACTS = ("sign", "bipolarquant", "quant1", "quant1u", "larq", "ste", "mt", "mt-neg")
