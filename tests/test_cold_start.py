@@ -59,3 +59,17 @@ def test_mlp_plan_compiles_each_kernel_once(tmp_path):
     assert not several, f"kernels compiled for more than one signature: {several}"
     unused = {"kernels.im2col", "kernels.maxpool", "kernels.conv1_pointwise", "bits.pack"} & set(compiled)
     assert not unused, f"kernels compiled that the plan does not use: {unused}"
+
+
+def test_session_imports_only_the_pipelines_passes():
+    """A Session with the default pipeline imports only those passes' modules, not dualize (scipy.sparse)
+    or the MIP passes: imports are seconds of a cold start."""
+    probe = ("import sys, tamec; tamec.Session(sys.argv[1], engine='reference'); "
+             "print(sorted(m for m in sys.modules if m.startswith('tamec.passes.')))")
+    r = subprocess.run([sys.executable, "-c", probe, str(ROOT / "models" / "mlp_sign.onnx")], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = set(json.loads(r.stdout.strip().splitlines()[-1].replace("'", '"')))
+    assert {"tamec.passes.canonicalize", "tamec.passes.bounds"} <= loaded
+    assert not loaded & {"tamec.passes.dualize", "tamec.passes.lower_mip", "tamec.passes.tame_check",
+                         "tamec.passes.partition"}, loaded
