@@ -136,7 +136,10 @@ def bgemm(a, m, ternary, k, w, jc, mode, tlo, thi, pw, bias, bmode, out_s, out_m
             _ACC1T(a, m, r * kw, kw, w, 0, 8, 8 * kw, kw, acc, 0, js, jc // COLS, COLS * kw)
         else:
             _ACC1(a, m, r * kw, kw, w, 0, 8, 8 * kw, kw, acc, 0, js, jc // COLS, COLS * kw)
-        zeros += _epilogue(m, r, ternary, k, acc, 0, jc, mode, tlo, thi, pw, bias, bmode, out_s, out_m, out_f)
+        # np.int64(0), not the literal 0: a literal argument makes Numba compile the callee once
+        # more (a Literal[int](0) specialization), a cold-start cost of seconds
+        zeros += _epilogue(m, r, ternary, k, acc, np.int64(0), jc, mode, tlo, thi, pw, bias, bmode,
+                           out_s, out_m, out_f)
         r += 1
     return zeros
 
@@ -595,7 +598,8 @@ def bgemm_chain(x, a, m, ternary, meta, wbits, fconst, bflat, planes, out_f):
         pw0 = wbits[meta[M_PW0]:meta[M_PW0] + 7 * cw].reshape(7, cw)
         s3 = planes[:n * p_ * cw].reshape(n, p_, cw)
         m3 = planes[n * p_ * cw:2 * n * p_ * cw].reshape(n, p_, cw)
-        z, bad = pointwise(x.reshape(n, xc, p_), codes, consts, OUT_BITS, dn, up, pw0,
+        # np.int64(OUT_BITS): the signature the plan's own pointwise steps compile, not a literal one
+        z, bad = pointwise(x.reshape(n, xc, p_), codes, consts, np.int64(OUT_BITS), dn, up, pw0,
                            np.empty((3, 1), np.float32), s3, m3, np.empty((1, 1, 1), np.float32))
         zs[0] = z
         a = s3.reshape(n, p_ * cw)

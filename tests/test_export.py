@@ -310,6 +310,41 @@ def test_standard_bipolar_quant(opset):
     np.testing.assert_array_equal(y, np.where(x >= 0, 1.0, -1.0) * g.const("s"))
 
 
+def quant_graph(signed, narrow, bw, opset=13):
+    g = Graph("q", {"": opset, QONNX_DOMAIN: 1})
+    g.add_value(Value("x", (3, 8), "float32"))
+    g.inputs = ["x"]
+    g.add_const("s", np.float32(0.125))
+    g.add_const("z", np.float32(0.0))
+    g.add_const("bw", np.float32(bw))
+    g.add_value(Value("y", (3, 8), "float32"))
+    g.add_op(Op("q", "Quant", ["x", "s", "z", "bw"], ["y"], domain=QONNX_DOMAIN,
+                attrs={"signed": signed, "narrow": narrow, "rounding_mode": "ROUND"}))
+    g.outputs = ["y"]
+    return g
+
+
+@pytest.mark.parametrize("signed,narrow,bw", [(1, 0, 8), (1, 1, 4), (0, 0, 3), (0, 1, 2)])
+def test_standard_quant_equals_evaluator(signed, narrow, bw):
+    """QONNX Quant (8-bit CNV input and others) exports as standard ops equal to the evaluator, ties
+    rounded half to even and both clip ends hit."""
+    from tamec.evaluator import Evaluator
+
+    g = quant_graph(signed, narrow, bw)
+    x = np.random.default_rng(1).uniform(-20, 20, (3, 8)).astype(np.float32)
+    x[0, :6] = [0.0625, 0.1875, -0.0625, 30.0, -30.0, 0.3125]  # halves of the 0.125 step, out of range
+    (y,) = run_ort(to_onnx(g, standard=True), {"x": x})
+    np.testing.assert_array_equal(y, Evaluator(g).run({"x": x})["y"])
+
+
+def test_standard_quant_refuses_unsupported_rounding():
+    """Quant with a rounding mode ONNX's Round does not have is a named UnsupportedModelError."""
+    g = quant_graph(1, 0, 8)
+    g.op("q").attrs["rounding_mode"] = "FLOOR"
+    with pytest.raises(UnsupportedModelError, match="rounding_mode FLOOR"):
+        to_onnx(g, standard=True)
+
+
 @pytest.mark.parametrize("opset", [9, 13])
 def test_standard_mixed_graph_equals_rules(opset):
     """A whole BNN (BipolarQuant -> Linear -> Threshold -> Linear + B -> Relu) equals the numpy rules."""

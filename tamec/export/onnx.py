@@ -23,6 +23,9 @@ Standard (`standard=True`): only default-domain ops, at the graph's own opset (>
   `canonicalize` reads both forms back as the same Threshold;
 - QONNX `BipolarQuant(x, s)` -> `Where(x >= 0, s, -s)` (`Not(x < 0)` below opset 12, which
   sends a NaN x to +s where QONNX gives -s);
+- QONNX `Quant(x, s, z, bw)` with constant s, z, bw (bw >= 2 or unsigned) and round-half-even
+  rounding -> `Mul(Sub(Round(Clip(Add(Div(x, s), z), min, max)), z), s)` in x's dtype, the
+  evaluator's operations in its order (opset >= 11, for Round and Clip's min/max inputs);
 - any other custom op raises UnsupportedModelError naming all of them.
 """
 from __future__ import annotations
@@ -253,12 +256,44 @@ def _lower_bipolar_quant(b: _Builder, op: Op) -> None:
     b.node(op, "Where", [ge, pos, neg], op.outputs[0])
 
 
+def _lower_quant(b: _Builder, op: Op) -> None:
+    from tamec.evaluator import _max_int, _min_int  # the evaluator's integer range, not a copy
+
+    g = b.g
+    x = g.value(op.inputs[0])
+    s, z, bw = (g.value(n).const for n in op.inputs[1:4])
+    signed, narrow = int(op.attrs.get("signed", 1)), int(op.attrs.get("narrow", 0))
+    mode = str(op.attrs.get("rounding_mode", "ROUND")).upper()
+    why = None
+    if s is None or z is None or bw is None:
+        why = "scale, zero point and bit width must be constants"
+    elif mode not in ("ROUND", "HALF_EVEN"):
+        why = f"rounding_mode {mode} has no ONNX Round (it rounds half to even)"
+    elif bw.size != 1 or (int(bw) == 1 and signed):
+        why = "a per-tensor bit width >= 2 (1-bit signed Quant is bipolar: use BipolarQuant)"
+    elif b.opset < 11:
+        why = f"opset {b.opset} < 11 (Round, Clip with min/max inputs)"
+    if why:
+        raise UnsupportedModelError(f"cannot write Quant as standard ONNX: {why}", node=op.id, op=op.qualname,
+                                    hint="export with standard=False (QONNX form kept)")
+    dt = x.dtype
+    n = int(bw)
+    sc = b.const(f"{op.id}/scale", s.astype(dt))
+    zp = b.const(f"{op.id}/zeropt", z.astype(dt))
+    lo = b.const(f"{op.id}/min", np.asarray(_min_int(signed, narrow, n), dt))
+    hi = b.const(f"{op.id}/max", np.asarray(_max_int(signed, narrow, n), dt))
+    y = b.node(op, "Add", [b.node(op, "Div", [x.name, sc]), zp])
+    y = b.node(op, "Round", [b.node(op, "Clip", [y, lo, hi])])
+    b.node(op, "Mul", [b.node(op, "Sub", [y, zp]), sc], op.outputs[0])
+
+
 # The export stage of the op registry: standard ops are written as they are; custom ops with a
 # standard form get their lowering; the others keep their domain (standard=False only).
 attach("export", sorted(STANDARD_OPS), None, how="as is")
 attach("export", ["tamec.Linear"], _lower_linear, how="MatMul/Gemm (+ Cast for exact integers)")
 attach("export", ["tamec.Threshold"], _lower_threshold, how="Greater/Less/Where in float64")
 attach("export", [f"{QONNX_DOMAIN}.BipolarQuant"], _lower_bipolar_quant, how="GreaterOrEqual/Where")
+attach("export", [f"{QONNX_DOMAIN}.Quant"], _lower_quant, how="Div/Add/Clip/Round/Sub/Mul")
 
 
 # -- the model ------------------------------------------------------------------------------------
