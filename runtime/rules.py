@@ -7,7 +7,8 @@ import numpy as np
 from numba import njit
 
 from tamec.ops.rules import (DEPTH_RULES, HINT, MAX_DEPTH, RULES, Rule, centre_u, coefficients,  # noqa: F401
-                             leaf_bounds, parse_rule, relaxed_u, shift_lattice, surrogate_u, surrogate_value)
+                             fixed_surrogate_u, leaf_bounds, parse_rule, relaxed_u, shift_lattice,
+                             surrogate_constants, surrogate_u, surrogate_value)
 
 
 @njit(cache=True)
