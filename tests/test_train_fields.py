@@ -31,7 +31,8 @@ FIELD_RULES = ["lp-mid", "bb-mid:1", "bb-mid:3", "ste", "ste-clip"]
 
 def bn_net(widths, classes: int, seed: int, binary: bool = False, fitted: bool = True):
     """x -> [Gemm(W_k) -> BatchNorm -> Sign] per block -> Gemm(H, h) -> logits. `binary`: +-1
-    weights (trained as latents); `fitted=False`: running statistics left at mean 0, var 1."""
+    weights (trained as latents); `fitted=False`: running statistics that do not fit the data
+    (mean 0, standard deviation 8 x fan-in)."""
     rng = np.random.default_rng(seed)
     nodes, inits, cur = [], {}, "x"
     for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -39,7 +40,9 @@ def bn_net(widths, classes: int, seed: int, binary: bool = False, fitted: bool =
         inits[f"W{k}"] = (np.where(w >= 0, 1.0, -1.0) if binary else w).astype(np.float32)
         inits[f"g{k}"] = rng.uniform(0.5, 1.5, b).astype(np.float32)
         inits[f"B{k}"] = rng.normal(0, 0.3, b).astype(np.float32)
-        scale = 1.0 if not fitted else np.sqrt(a) * (0.5 if k == 0 else 1.0)
+        # unfitted: statistics of another data scale (variance far above the batch's), so
+        # eval-mode bounds are much narrower than batch-normalized values
+        scale = 8.0 * a if not fitted else np.sqrt(a) * (0.5 if k == 0 else 1.0)
         inits[f"m{k}"] = (rng.normal(0, 0.2, b) * fitted).astype(np.float32)
         inits[f"v{k}"] = np.full(b, scale ** 2, np.float32)
         nodes += [helper.make_node("Gemm", [cur, f"W{k}"], [f"z{k}"], transB=1),
