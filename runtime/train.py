@@ -7,19 +7,30 @@ What a run does, in order (every check comes before any training step):
     (SHA-256 of the source ONNX) or another run config; a damaged checkpoint (truncated, bad
     CRC, a missing or mistyped field, arrays that do not fit the model) is one InputError, and
     nothing is written before it is refused;
- 2. compiles the model through the full pipeline (default passes + partition, lower-mip, dualize,
-    tame-check) so every block is dualized and tame-checked, and prints a one-line summary;
- 3. builds the GradProgram (tamec.runtime.autograd) of the training graph with the chosen
+ 2. compiles the model once, from that one parse: `canonicalize`, whose Module is the one trained,
+    then the rest of the full pipeline (binarize-weights .. bounds, partition, lower-mip, dualize,
+    tame-check) on a copy of it, so every block is dualized and tame-checked, and prints a
+    one-line summary;
+ 3. builds the GradProgram (tamec.runtime.autograd) of that Module's graph with the chosen
     backward rule and trains: mini-batches from a seeded permutation per epoch, softmax
-    cross-entropy, BatchNorm on batch statistics, the optimizer of tamec.runtime.optim, the
-    learning rate decayed by a cosine to 0 over the run (or constant). Every model and every rule
-    takes the same step, GradProgram.loss_and_grads(train=True). BLAS runs on one thread (small
-    GEMMs);
- 4. after every epoch evaluates train and test accuracy (inference mode, running statistics),
-    writes the checkpoint atomically, and appends to metrics.json;
- 5. at the end writes model.onnx (standard ops) and model.qonnx.onnx (BipolarQuant form), checks
-    onnxruntime's predictions on the test set against the runtime's, draws curves.png, and
-    prints `test_accuracy=0.xxxx` as the last line.
+    cross-entropy, the optimizer of tamec.runtime.optim, the learning rate decayed by a cosine to
+    0 over the run (or constant). The forward (`forward`): `surrogate` (default of the dual rules)
+    runs every activation threshold as the rule's fixed surrogate (tamec/ops/rules.py
+    fixed_surrogate_u), so the loss reported is the one whose conservative field the step
+    follows; `sign-heuristic` (default of ste, ste-clip) runs the sign network and the rule only
+    backward. BatchNorm: at every epoch start its statistics are set to those of the whole
+    training set (GradProgram.calibrate_bn), the bounds are recomputed from them, and the epoch
+    trains with BatchNorm in eval mode on them, so the bounds the rules read hold for what the
+    epoch's first step evaluates (batch statistics fell outside them on models whose running
+    statistics do not fit). BLAS runs on one thread (small GEMMs);
+ 4. after every epoch recalibrates the statistics and evaluates the BNN's (sign network's)
+    training loss and accuracy and test accuracy, the surrogate's training loss and the gap
+    between the two losses, writes the checkpoint atomically, and appends to metrics.json;
+ 5. at the end writes model.onnx (standard ops), model.qonnx.onnx (BipolarQuant form) and (after
+    a full compile) certificates.json, the dualize and tame-check certificates of the trained
+    weights (the passes after canonicalize run on the trained graph; nothing is parsed again),
+    checks onnxruntime's predictions on the test set against the runtime's, draws curves.png,
+    and prints the BNN's `test_accuracy=0.xxxx` as the last line.
 
 Determinism and resume. One numpy Generator seeded with `seed` draws one permutation of the
 training set at the start of every epoch; the last incomplete batch is dropped (BatchNorm needs
@@ -38,17 +49,21 @@ Backward rules (tamec/ops/rules.py has the formulas). The default is bb-mid:5, t
 the centre of each block's relaxed interval on its depth-5 branch-and-bound leaf (the average of
 the block's lower and upper LP dual bounds: a fixed Lipschitz surrogate); K = 5 was chosen among
 3, 4, 5 by validation accuracy on the last 15 % of the training splits of digits and mnist5k
-(bench/accuracy.py; K = 4 was within 0.02 points). lp-dual and
-bb-dual:K are available but do not train: descending the lower (optimistic) dual bound pulls every
+(bench/accuracy.py; K = 4 was within 0.02 points), in the sign-forward mode with batch-statistics
+BatchNorm that preceded the surrogate default; it was not re-chosen. lp-dual and bb-dual:K have
+no fixed surrogate (theirs depends on the sign of the upstream gradient), so they train only with
+`--forward sign-heuristic`, and do not train well there: descending the lower (optimistic) dual bound pulls every
 pre-activation towards its threshold and shrinks the BatchNorm scales to ~0 (the analysis is in
 the tamec/ops/rules.py docstring; `python bench/accuracy.py` prints the numbers). ste and ste-clip are the
 heuristics BinaryConnect / BinaryNet use.
 
 Interval bounds of the threshold inputs depend on the parameters (binarized weights, BatchNorm
 running statistics); the dual rules (lp-dual, bb-dual:K, lp-mid, bb-mid:K) read them. They are
-recomputed from the parameters at the start of every epoch (one bounds pass costs about as much as
-ten training steps of the digits model); a mid-epoch checkpoint keeps the epoch-start parameters
-and statistics so a resumed run uses the same bounds.
+recomputed from the parameters at the start of every epoch by an analysis call
+(GradProgram.refresh_bounds: constant folding and the bounds analysis on the graph, no pass
+re-run); a mid-epoch checkpoint keeps the epoch-start parameters and statistics so a resumed run
+uses the same bounds. Within an epoch the parameters move and the bounds stay those of its start:
+they are constants of the epoch's surrogate, proven for its first step only.
 """
 from __future__ import annotations
 

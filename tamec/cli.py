@@ -572,9 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rule", metavar="bb-mid:K|lp-mid|lp-dual|bb-dual:K|ste|ste-clip",
                    help="backward rule of the thresholds (default bb-mid:5: the derivative of the centre of each "
                         "block's relaxed interval, the mean of its lower and upper dual bounds, on the depth-5 "
-                        "branch-and-bound leaf; K chosen on validation). lp-dual and bb-dual:K are available but "
-                        "do not train (descending the lower dual bound shrinks the BatchNorm scales; see "
-                        "tamec/ops/rules.py); ste and ste-clip are heuristics")
+                        "branch-and-bound leaf; trained through its surrogate, see --forward). lp-dual and bb-dual:K "
+                        "need --forward sign-heuristic and do not train well (descending the lower dual bound "
+                        "shrinks the BatchNorm scales; see tamec/ops/rules.py); ste and ste-clip are heuristics "
+                        "on the sign network, or the exact fields of the identity / hardtanh network with "
+                        "--forward surrogate")
     t.add_argument("--forward", choices=["surrogate", "sign-heuristic"],
                    help="surrogate (default for the dual rules): forward and loss through the rule's fixed "
                         "surrogate network, whose conservative field the gradients are; sign-heuristic (default "
