@@ -651,8 +651,12 @@ def _write_certificates(prog, params, certify, path) -> None:
     from tamec.module import Module
     from tamec.passmanager import certificate_entries
 
-    m = certify(Module(prog.graph_with(params), source=prog.source, properties=prog.module.properties))
-    text = json.dumps(certificate_entries(m), indent=1, default=_json_default) + "\n"
+    try:
+        m = certify(Module(prog.graph_with(params), source=prog.source, properties=prog.module.properties))
+        doc = certificate_entries(m)
+    except TamecError as e:  # the trained model is still written; the file says why it has no certificate
+        doc = [{"error": str(e)}]
+    text = json.dumps(doc, indent=1, default=_json_default) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
