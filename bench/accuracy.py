@@ -63,12 +63,15 @@ def validation_split(data: str, folder: str) -> str:
 def run_tamec(data, rule, seed, epochs, batch, lr, split=None) -> float:
     """Final accuracy of `tamec train` with `rule` on the test split (or on the held-out part of
     the training split when `split` is the validation .npz)."""
+    from tamec.runtime.rules import parse_rule
     from tamec.runtime.train import TrainConfig, train
 
+    # lp-dual / bb-dual:K have no fixed surrogate: they train only as the named sign-forward heuristic
+    forward = None if parse_rule(rule).fixed_surrogate else "sign-heuristic"
     with tempfile.TemporaryDirectory() as d:
         res = train(TrainConfig(model=str(MODELS[data]), data=split or data, epochs=epochs, batch=batch, rule=rule,
-                                optimizer="adam", lr=lr, seed=seed), out=d, progress=False, stdout=io.StringIO(),
-                    full_compile=False)
+                                optimizer="adam", lr=lr, seed=seed, forward=forward), out=d, progress=False,
+                    stdout=io.StringIO(), full_compile=False)
     return res.test_accuracy
 
 

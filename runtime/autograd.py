@@ -83,10 +83,11 @@ def _lattice(dom: Domain):
 class _Ctx:
     """What one forward run needs besides the values: mode, surrogate patterns, new BN state."""
 
-    __slots__ = ("train", "surrogate", "new_state", "batch")
+    __slots__ = ("train", "surrogate", "new_state", "batch", "calibrate")
 
-    def __init__(self, train: bool, surrogate: dict | None, batch: int):
+    def __init__(self, train: bool, surrogate: dict | None, batch: int, calibrate: bool = False):
         self.train, self.surrogate, self.new_state, self.batch = train, surrogate, {}, batch
+        self.calibrate = calibrate
 
 
 @dataclass
@@ -152,19 +153,34 @@ class GradProgram:
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_model(cls, model, rule="lp-dual", input_bounds=None) -> "GradProgram":
-        """Compile `model` (path, ModelProto or bytes) into its training graph and tape."""
+        """Parse `model` (path, ModelProto or bytes) once, canonicalize it and build the tape."""
         import tamec
+        from tamec.api import parse_bounds
+        from tamec.passmanager import PassContext, run_pipeline
+
+        R.parse_rule(rule)  # a bad rule fails before the parse
+        proto = _load_proto(model)
+        module = tamec.load(proto if proto is not None else model)
+        if isinstance(model, (str, os.PathLike)):
+            module.source = str(model)
+        ctx = PassContext(input_bounds=parse_bounds(input_bounds))
+        module = run_pipeline(module, ["canonicalize"], ctx=ctx)
+        return cls.from_module(module, proto, rule=rule, input_bounds=input_bounds)
+
+    @classmethod
+    def from_module(cls, module, proto, rule="lp-dual", input_bounds=None) -> "GradProgram":
+        """The tape of a canonicalized Module (`tamec train` compiles the model once and trains
+        that Module's graph); `proto` is the parsed ONNX model, for the initializer names."""
         from tamec.api import parse_bounds
         from tamec.passmanager import PassContext
 
         rspec = R.parse_rule(rule)
-        module = tamec.compile(model, pipeline=["canonicalize"], input_bounds=input_bounds)
         self = cls()
-        self.source = str(model) if isinstance(model, (str, os.PathLike)) else None
+        self.source = module.source
         self.module = module
         self.graph: Graph = module.graph
         self.ctx = PassContext(input_bounds=parse_bounds(input_bounds))
-        self._inits = _initializers(model)
+        self._inits = _initializers(proto)
         self._build()
         self.refresh_bounds()
         self.set_rule(rspec)
@@ -486,17 +502,18 @@ class GradProgram:
 
     def refresh_bounds(self, params=None) -> None:
         """Recompute the interval bounds of every threshold input for `params` (binarized weights,
-        BN running statistics from `state`), with the input box given at from_model."""
-        from tamec.module import Module
-        from tamec.passmanager import get_pass
+        BN running statistics from `state`), with the input box given at from_model. An analysis
+        call (constant folding, then the bounds analysis `propagate`) on a copy of the training
+        graph: no pass is re-run and nothing is compiled again."""
+        from tamec.passes.bounds import propagate
+        from tamec.rewrite import fold_constants
 
         g = self.graph_with(params)
-        m = Module(g, source=self.source, properties=self.module.properties)
-        for name in ("binarize-weights", "bounds"):
-            m = get_pass(name).run(m, self.ctx).module
-        self.train_graph = m.graph
+        fold_constants(g, quantizers=True)  # weight quantizers -> +-1 constants, so the bounds see the binary weights
+        propagate(g, self.ctx)
+        self.train_graph = g
         for t in self.thresholds.values():
-            v = m.graph.values.get(t.op.inputs[0])
+            v = g.values.get(t.op.inputs[0])
             size = int(np.prod(t.sample_shape))
             if v is not None and v.bounds is not None:
                 t.lo = np.broadcast_to(np.asarray(v.bounds[0], np.float64), t.sample_shape).reshape(-1).copy()
@@ -582,7 +599,14 @@ class GradProgram:
                              hint=f"the model has {classes} classes")
         return labels.astype(np.int64, copy=False)
 
-    def _run(self, x, params, train: bool, surrogate=None):
+    def calibrate_bn(self, x, params=None, surrogate=None) -> None:
+        """Set every BatchNorm's running statistics to the statistics of the whole batch `x` (the
+        training set), each layer normalized by its own: then eval-mode BN on x reproduces the
+        batch-statistics forward of x, and the bounds computed from `state` (refresh_bounds) hold
+        for every pre-activation that training with eval-mode BN evaluates at these params."""
+        self._run(x, params, True, surrogate, calibrate=True)
+
+    def _run(self, x, params, train: bool, surrogate=None, calibrate: bool = False):
         x = self.check_input(x)
         if surrogate is not None:
             surrogate = self._surrogate_patterns(surrogate)
@@ -592,7 +616,7 @@ class GradProgram:
             env[self.param_slots[k]] = v
         for k, s in self.state_slots.items():
             env[s] = self.state[k]
-        ctx = _Ctx(bool(train), surrogate, x.shape[0])
+        ctx = _Ctx(bool(train), surrogate, x.shape[0], calibrate)
         saved = [st.fwd(env, ctx) for st in self.steps]
         if ctx.new_state:
             self.state.update(ctx.new_state)
@@ -600,21 +624,18 @@ class GradProgram:
 
     def forward(self, x, params=None, train=False, surrogate=None) -> np.ndarray:
         """Logits (float32). train=True: BN uses batch statistics and updates `state`. `surrogate`:
-        as in `vjp` (tests only)."""
+        as in `vjp`."""
         env, _ = self._run(x, params, train, surrogate)
         return env[self.out_slot]
 
     def _surrogate_patterns(self, surrogate) -> dict:
         spec = self.rule_spec
-        if not spec.from_dual:
-            raise UsageError(f"rule {self.rule} is a heuristic: it has no surrogate",
-                             hint="use lp-dual, bb-dual:K, lp-mid or bb-mid:K")
         if getattr(self, "plan", None) is not None:  # the closed-form surrogate is not the plan tables' one
             raise UsageError(f"rule {self.rule} is read from the plan: its surrogate is "
                              "tamec.runtime.rules.table_surrogate, not the closed-form one",
                              hint="call vjp(surrogate=...) on a program without use_plan, or use table_surrogate")
         if surrogate is True:
-            if not spec.midpoint:
+            if not spec.fixed_surrogate:
                 raise UsageError(f"the surrogate of {self.rule} depends on the sign of the upstream gradient",
                                  hint="pass {threshold op id: sign of c} instead of True")
             return {k: 1.0 for k in self.thresholds}
@@ -640,11 +661,12 @@ class GradProgram:
 
     def vjp(self, x, dy, params=None, train=False, wrt_input=True, surrogate=None):
         """(logits, parameter grads, input grad) of sum(dy * logits). `surrogate` switches the
-        forward of activation thresholds to the Lipschitz surrogate whose gradient the dual rule is
-        (tests only): for lp-dual / bb-dual:K a dict mapping threshold op ids to the fixed sign
+        forward of activation thresholds to the Lipschitz surrogate whose gradient the rule is: for
+        lp-dual / bb-dual:K a dict mapping threshold op ids to the fixed sign
         (+1/-1, per element or scalar) of c = d g, those thresholds then output the relaxed primal
         down + d u*(s) (rules.relaxed_u); for lp-mid / bb-mid:K `True` (every threshold) or a dict
-        of op ids (values ignored), which output down + d (u_min + u_max) / 2 (rules.centre_u)."""
+        of op ids (values ignored), which output down + d (u_min + u_max) / 2 (rules.centre_u); for
+        ste / ste-clip `True`: the identity / hardtanh surrogate (rules.fixed_surrogate_u)."""
         env, saved = self._run(x, params, train, surrogate)
         y = env[self.out_slot]
         dy = np.ascontiguousarray(np.broadcast_to(np.asarray(dy, np.float32), y.shape))
@@ -653,9 +675,12 @@ class GradProgram:
             gx = np.zeros_like(env[self.in_slot])
         return y, grads, gx
 
-    def loss_and_grads(self, x, labels, params=None, train=False):
-        """(mean softmax cross-entropy, grads by parameter name, logits)."""
-        env, saved = self._run(x, params, train)
+    def loss_and_grads(self, x, labels, params=None, train=False, surrogate=None):
+        """(mean softmax cross-entropy, grads by parameter name, logits). `surrogate=True`: of the
+        rule's fixed surrogate network (what `tamec train` trains by default; the grads are then the
+        conservative field of the returned loss); None: of the sign network (for dual rules the
+        grads are then a heuristic, see tamec/ops/rules.py)."""
+        env, saved = self._run(x, params, train, surrogate)
         logits = env[self.out_slot]
         if logits.ndim != 2:
             raise UnsupportedModelError(f"the output {self.output_name!r} has shape {list(logits.shape)}",
@@ -787,22 +812,27 @@ def _param_slot_name(key: str, g: Graph, roots: dict) -> str:
     return "param:" + key
 
 
-def _initializers(model) -> dict[str, np.ndarray]:
-    """The original model's initializers (and Constant node tensors), by name."""
+def _load_proto(model):
+    """The ModelProto of `model` (path, bytes or ModelProto), parsed once; None when unreadable
+    (tamec.load then reports it in its own words)."""
     import onnx
-    from onnx import numpy_helper
 
     try:
         if isinstance(model, onnx.ModelProto):
-            m = model
-        elif isinstance(model, (bytes, bytearray)):
-            m = onnx.load_from_string(bytes(model))
-        else:
-            m = onnx.load(str(model))
-    except Exception:  # noqa: BLE001  compile() already reported unreadable models
-        return {}
+            return model
+        if isinstance(model, (bytes, bytearray)):
+            return onnx.load_from_string(bytes(model))
+        return onnx.load(str(model))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _initializers(proto) -> dict[str, np.ndarray]:
+    """The original model's initializers, by name (from its parsed ModelProto)."""
+    from onnx import numpy_helper
+
     out = {}
-    for t in m.graph.initializer:
+    for t in proto.graph.initializer if proto is not None else ():
         try:
             out[t.name] = numpy_helper.to_array(t)
         except Exception:  # noqa: BLE001
@@ -1058,8 +1088,11 @@ def _batchnorm(prog, op, ins, out):
             y = xhat * scale.reshape(sh) + b.reshape(sh)
         env[out] = y
         unbiased = var * np.float32(cnt / max(cnt - 1, 1))  # torch's running variance is unbiased
-        ctx.new_state[mean_name] = m32 * env[im] + om32 * mean
-        ctx.new_state[var_name] = m32 * env[iv] + om32 * unbiased
+        if ctx.calibrate:  # the statistics of this batch become the running ones (calibrate_bn)
+            ctx.new_state[mean_name], ctx.new_state[var_name] = mean.astype(np.float32), var.astype(np.float32)
+        else:
+            ctx.new_state[mean_name] = m32 * env[im] + om32 * mean
+            ctx.new_state[var_name] = m32 * env[iv] + om32 * unbiased
         return True, xhat, inv, scale, cnt
 
     def bwd(g, sv, gs, need):
@@ -1126,7 +1159,8 @@ def _threshold(prog, op, ins, out):
             co = t.coef
             s = x2.astype(np.float64) - t.tau
             spec = prog.rule_spec
-            u = R.surrogate_u(spec, s, co["LK"], co["UK"], None if spec.midpoint else np.broadcast_to(sur, s.shape))
+            u = R.fixed_surrogate_u(spec, s, co) if spec.fixed_surrogate else \
+                R.surrogate_u(spec, s, co["LK"], co["UK"], np.broadcast_to(sur, s.shape))
             env[out] = (t.down + t.d * u).astype(np.float32).reshape(x.shape)
             return x2
         y = np.empty(x2.shape, np.float32)

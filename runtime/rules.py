@@ -2,6 +2,30 @@
 constants and surrogates, read by the runtime and by the gradient-graph export alike) are in
 tamec/ops/rules.py, re-exported here.
 
+The function each rule is the conservative field of. Notation: the network N_r is the trained
+graph with every activation threshold y = sign-like(s), s = x - tau, replaced by
+y = down + d u_r(s), every other op unchanged (BatchNorm in eval mode with the statistics of the
+epoch); [L, U] are the interval bounds of s proven for the epoch's parameters and statistics,
+[L_K, U_K] their depth-K leaf (tamec/ops/rules.py leaf_bounds); the loss is the mean softmax
+cross-entropy of N_r's logits, which is what `tamec train` reports in its default forward.
+  lp-mid    the field of the loss of N_r with u_r = (u_min + u_max)/2 on [L, U] (centre_u): a
+            Lipschitz piecewise-linear network that equals the BNN at every stable neuron
+            (s outside [L, U] gives u_r = 0 or 1) and differs from it only inside [L, U].
+  bb-mid:K  the same with [L_K, U_K]: N_r equals the BNN wherever s lies outside the leaf
+            (about [L, U] / 2^K, widened outward to the lattice of s), so as K grows N_r tends
+            to the BNN at every s != 0, and its loss to the BNN's loss on inputs with no tie.
+  ste       the field of the loss of N_r with u_r = (1 + s)/2 unclipped: for a sign unit the
+            identity y = s (a linear network, not a bound or a limit of the BNN).
+  ste-clip  the same with u_r = clip((1 + s)/2, 0, 1): for a sign unit y = hardtanh(s); equals the
+            BNN where |s| >= 1.
+  lp-dual, bb-dual:K  the field of the LOWER dual bound c u*(s) of each block for a fixed sign of
+            c = d g (relaxed_u): a lower bound of the block's cost, not one function of the weights
+            once the sign of g varies between hidden neurons; trained only as the named heuristic
+            `--forward sign-heuristic`.
+With `--forward sign-heuristic` every rule is applied backward to the sign network's forward: the
+returned gradient is then not the field of the reported (BNN) loss (tests/test_train_fields.py
+and tests/test_conservative.py show the path test failing there for bb-mid, ste and ste-clip).
+
 Two ways to get a dual rule's slopes:
   - closed form (`coefficients` + `backward`): from the interval bounds of the training graph's
     threshold input (the BN output on hidden layers). Not the certified block: it ignores the
@@ -18,7 +42,8 @@ import numpy as np
 from numba import njit
 
 from tamec.ops.rules import (DEPTH_RULES, HINT, MAX_DEPTH, RULES, Rule, centre_u, coefficients,  # noqa: F401
-                             leaf_bounds, parse_rule, relaxed_u, shift_lattice, surrogate_u, surrogate_value)
+                             fixed_surrogate_u, leaf_bounds, parse_rule, relaxed_u, shift_lattice,
+                             surrogate_constants, surrogate_u, surrogate_value)
 
 
 @njit(cache=True)

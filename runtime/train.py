@@ -7,19 +7,30 @@ What a run does, in order (every check comes before any training step):
     (SHA-256 of the source ONNX) or another run config; a damaged checkpoint (truncated, bad
     CRC, a missing or mistyped field, arrays that do not fit the model) is one InputError, and
     nothing is written before it is refused;
- 2. compiles the model through the full pipeline (default passes + partition, lower-mip, dualize,
-    tame-check) so every block is dualized and tame-checked, and prints a one-line summary;
- 3. builds the GradProgram (tamec.runtime.autograd) of the training graph with the chosen
+ 2. compiles the model once, from that one parse: `canonicalize`, whose Module is the one trained,
+    then the rest of the full pipeline (binarize-weights .. bounds, partition, lower-mip, dualize,
+    tame-check) on a copy of it, so every block is dualized and tame-checked, and prints a
+    one-line summary;
+ 3. builds the GradProgram (tamec.runtime.autograd) of that Module's graph with the chosen
     backward rule and trains: mini-batches from a seeded permutation per epoch, softmax
-    cross-entropy, BatchNorm on batch statistics, the optimizer of tamec.runtime.optim, the
-    learning rate decayed by a cosine to 0 over the run (or constant). Every model and every rule
-    takes the same step, GradProgram.loss_and_grads(train=True). BLAS runs on one thread (small
-    GEMMs);
- 4. after every epoch evaluates train and test accuracy (inference mode, running statistics),
-    writes the checkpoint atomically, and appends to metrics.json;
- 5. at the end writes model.onnx (standard ops) and model.qonnx.onnx (BipolarQuant form), checks
-    onnxruntime's predictions on the test set against the runtime's, draws curves.png, and
-    prints `test_accuracy=0.xxxx` as the last line.
+    cross-entropy, the optimizer of tamec.runtime.optim, the learning rate decayed by a cosine to
+    0 over the run (or constant). The forward (`forward`): `surrogate` (default of the dual rules)
+    runs every activation threshold as the rule's fixed surrogate (tamec/ops/rules.py
+    fixed_surrogate_u), so the loss reported is the one whose conservative field the step
+    follows; `sign-heuristic` (default of ste, ste-clip) runs the sign network and the rule only
+    backward. BatchNorm: at every epoch start its statistics are set to those of the whole
+    training set (GradProgram.calibrate_bn), the bounds are recomputed from them, and the epoch
+    trains with BatchNorm in eval mode on them, so the bounds the rules read hold for what the
+    epoch's first step evaluates (batch statistics fell outside them on models whose running
+    statistics do not fit). BLAS runs on one thread (small GEMMs);
+ 4. after every epoch recalibrates the statistics and evaluates the BNN's (sign network's)
+    training loss and accuracy and test accuracy, the surrogate's training loss and the gap
+    between the two losses, writes the checkpoint atomically, and appends to metrics.json;
+ 5. at the end writes model.onnx (standard ops), model.qonnx.onnx (BipolarQuant form) and (after
+    a full compile) certificates.json, the dualize and tame-check certificates of the trained
+    weights (the passes after canonicalize run on the trained graph; nothing is parsed again),
+    checks onnxruntime's predictions on the test set against the runtime's, draws curves.png,
+    and prints the BNN's `test_accuracy=0.xxxx` as the last line.
 
 Determinism and resume. One numpy Generator seeded with `seed` draws one permutation of the
 training set at the start of every epoch; the last incomplete batch is dropped (BatchNorm needs
@@ -38,17 +49,21 @@ Backward rules (tamec/ops/rules.py has the formulas). The default is bb-mid:5, t
 the centre of each block's relaxed interval on its depth-5 branch-and-bound leaf (the average of
 the block's lower and upper LP dual bounds: a fixed Lipschitz surrogate); K = 5 was chosen among
 3, 4, 5 by validation accuracy on the last 15 % of the training splits of digits and mnist5k
-(bench/accuracy.py; K = 4 was within 0.02 points). lp-dual and
-bb-dual:K are available but do not train: descending the lower (optimistic) dual bound pulls every
+(bench/accuracy.py; K = 4 was within 0.02 points), in the sign-forward mode with batch-statistics
+BatchNorm that preceded the surrogate default; it was not re-chosen. lp-dual and bb-dual:K have
+no fixed surrogate (theirs depends on the sign of the upstream gradient), so they train only with
+`--forward sign-heuristic`, and do not train well there: descending the lower (optimistic) dual bound pulls every
 pre-activation towards its threshold and shrinks the BatchNorm scales to ~0 (the analysis is in
 the tamec/ops/rules.py docstring; `python bench/accuracy.py` prints the numbers). ste and ste-clip are the
 heuristics BinaryConnect / BinaryNet use.
 
 Interval bounds of the threshold inputs depend on the parameters (binarized weights, BatchNorm
 running statistics); the dual rules (lp-dual, bb-dual:K, lp-mid, bb-mid:K) read them. They are
-recomputed from the parameters at the start of every epoch (one bounds pass costs about as much as
-ten training steps of the digits model); a mid-epoch checkpoint keeps the epoch-start parameters
-and statistics so a resumed run uses the same bounds.
+recomputed from the parameters at the start of every epoch by an analysis call
+(GradProgram.refresh_bounds: constant folding and the bounds analysis on the graph, no pass
+re-run); a mid-epoch checkpoint keeps the epoch-start parameters and statistics so a resumed run
+uses the same bounds. Within an epoch the parameters move and the bounds stay those of its start:
+they are constants of the epoch's surrogate, proven for its first step only.
 """
 from __future__ import annotations
 
@@ -68,6 +83,7 @@ from tamec.runtime import checkpoint as ckpt
 
 FULL_PIPELINE_EXTRA = ("partition", "lower-mip", "dualize", "tame-check")
 SCHEDULES = ("cosine", "constant")
+FORWARDS = ("surrogate", "sign-heuristic")
 EVAL_BATCH = 1024
 
 
@@ -86,8 +102,13 @@ class TrainConfig:
     bop_gamma: float = 1e-4
     bop_threshold: float = 1e-8
     schedule: str = "cosine"
+    # None: "surrogate" for the dual rules (forward and loss through the rule's fixed surrogate
+    # network, the function whose field the rule is), "sign-heuristic" for ste and ste-clip (the
+    # sign network forward, the rule only backward: a heuristic, as STE is)
+    forward: str | None = None
 
-    BITS = ("data", "batch", "rule", "optimizer", "lr", "seed", "bop_gamma", "bop_threshold", "schedule")
+    BITS = ("data", "batch", "rule", "optimizer", "lr", "seed", "bop_gamma", "bop_threshold", "schedule",
+            "forward")
     # what `--resume` takes from the checkpoint: every setting (a given option that differs is refused)
     RESUMED = ("epochs",) + BITS
 
@@ -110,7 +131,8 @@ class TrainConfig:
                   ("seed", whole(self.seed) and self.seed >= 0, "an integer >= 0"),
                   ("bop_gamma", num(self.bop_gamma) and self.bop_gamma >= 0, "a number >= 0"),
                   ("bop_threshold", num(self.bop_threshold) and self.bop_threshold >= 0, "a number >= 0"),
-                  ("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))]
+                  ("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES)),
+                  ("forward", self.forward in (None,) + FORWARDS, " or ".join(FORWARDS))]
         for name, ok, want in checks:
             if not ok:
                 bad.append(f"{name} {getattr(self, name)!r} (want {want})")
@@ -268,6 +290,7 @@ def saved_config(doc: dict, path) -> TrainConfig:
     saved = doc.get("config")
     if not isinstance(saved, dict):
         raise _damaged(path, "no run config in its metadata")
+    saved = {"forward": None, **saved}  # checkpoints written before --forward existed
     missing = [k for k in ("model",) + TrainConfig.RESUMED if k not in saved]
     if missing:
         raise _damaged(path, f"its run config lacks {', '.join(missing)}")
@@ -341,8 +364,10 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
     """Run the training job `cfg` writing into `out` (see the module docstring). `full_compile=False`
     skips step 2 (benchmarks that train one model many times)."""
     import tamec
+    from tamec.api import parse_bounds
     from tamec.drivers.data import load_dataset
-    from tamec.passmanager import DEFAULT_PIPELINE
+    from tamec.passmanager import DEFAULT_PIPELINE, PassContext, run_pipeline
+    from tamec.runtime.autograd import _load_proto
 
     say = (lambda s: print(s, file=stdout or sys.stdout, flush=True))
     if cfg.problems():
@@ -366,21 +391,29 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
     from tamec.runtime.optim import make_optimizer
     from tamec.runtime.rules import parse_rule
 
-    dual = parse_rule(cfg.rule).from_dual  # a bad --rule fails here, before the compile
+    spec = parse_rule(cfg.rule)  # a bad --rule fails here, before the compile
+    dual = spec.from_dual
+    forward = resolve_forward(cfg)
+    surrogate = True if forward == "surrogate" else None
     if cfg.schedule not in SCHEDULES:
         raise UsageError(f"unknown --schedule {cfg.schedule!r}", hint="use " + " or ".join(SCHEDULES))
     ds = load_dataset(cfg.data)
-    imported = tamec.load(model)
-    n_out = check_data_vs_model(ds, imported.graph, model)
+    # one parse and one compile: the Module that is canonicalized is the one trained, and the
+    # rest of the pipeline (dualize, tame-check) certifies a copy of that same Module
+    proto = _load_proto(model)
+    module = tamec.load(proto if proto is not None else model)
+    module.source = str(model)
+    n_out = check_data_vs_model(ds, module.graph, model)
     if len(ds.x_train) < cfg.batch:
         raise UsageError(f"--batch {cfg.batch} is larger than the training set ({len(ds.x_train)})")
-    box = {"*": ds.input_box}
-
-    compile_s = 0.0
+    ctx = PassContext(input_bounds=parse_bounds({"*": ds.input_box}))
+    t0 = time.perf_counter()
+    module = run_pipeline(module, [DEFAULT_PIPELINE[0]], ctx=ctx)
+    compile_s = time.perf_counter() - t0
     if full_compile:
         t0 = time.perf_counter()
-        full = tamec.compile(model, pipeline=list(DEFAULT_PIPELINE) + list(FULL_PIPELINE_EXTRA), input_bounds=box)
-        compile_s = time.perf_counter() - t0
+        full = run_pipeline(module.copy(), list(DEFAULT_PIPELINE[1:]) + list(FULL_PIPELINE_EXTRA), ctx=ctx)
+        compile_s += time.perf_counter() - t0
         say(compile_summary(full, compile_s))
         not_nice = {r.name: r.stats for r in full.history}.get("tame-check", {}).get("not_nice")
         if not_nice and dual:
@@ -390,7 +423,7 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
                                                    "or train with a named heuristic: --rule ste-clip")
     say(f"data: {ds.describe()} ({ds.split or 'as stored'}); input box {list(ds.input_box)}")
 
-    prog = GradProgram.from_model(model, rule=cfg.rule, input_bounds=ds.input_box)
+    prog = GradProgram.from_module(module, proto, rule=cfg.rule, input_bounds=ds.input_box)
     params = {n: np.ascontiguousarray(p, dtype=np.float32) for n, p in prog.params.items()}
     binary = frozenset(prog.binary)
     hyper = {"gamma": cfg.bop_gamma, "threshold": cfg.bop_threshold} if cfg.optimizer == "bop" else {}
@@ -425,11 +458,14 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
         say(f"resumed from {ck_dir} at epoch {epoch0 + (1 if step0 else 0)}, step {step0}")
     elif ckpt.exists(ck_dir):
         say(f"note: starting a new run; the checkpoint in {ck_dir} will be replaced (use --resume to continue it)")
-    say(f"training: rule {cfg.rule}, optimizer {json.dumps(opt.config())}, {cfg.epochs} epochs of {steps} "
+    say(f"training: rule {cfg.rule}, forward {forward}, optimizer {json.dumps(opt.config())}, {cfg.epochs} epochs of {steps} "
         f"steps (batch {cfg.batch}), seed {cfg.seed}")
     config_doc = dict(asdict(cfg), lr=opt.lr, optimizer_config=opt.config(), model_sha256=sha,
                       data_split=ds.split, input_box=list(ds.input_box), classes=n_out,
-                      train_examples=n, test_examples=len(ds.x_test), steps_per_epoch=steps)
+                      train_examples=n, test_examples=len(ds.x_test), steps_per_epoch=steps,
+                      forward_mode=forward, forward_is=FORWARD_IS[forward],
+                      batchnorm="eval mode during each epoch, statistics of the whole training set (calibrated at "
+                                "every epoch start; the bounds the rules read are computed from them)")
 
     def save(epoch, step, rng_state, sums, signs, bounds_at=None):
         extra = {f"sign/{k}": v for k, v in signs.items()}
@@ -458,6 +494,12 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
                 if first == 0:
                     sums = {"loss": 0.0, "correct": 0, "seen": 0}
                     start_signs = _signs(params, binary)
+                    # BN statistics the bounds cover: the training set's, fixed for the epoch. The
+                    # surrogate forward of the calibration reads bounds: those of the saved state
+                    # first, so a resumed run calibrates with the same ones
+                    if dual:
+                        prog.refresh_bounds(params)
+                    prog.calibrate_bn(ds.x_train, params, surrogate)
                     if dual:
                         prog.refresh_bounds(params)
                         bounds_at = ({k: v.copy() for k, v in params.items()},
@@ -475,7 +517,7 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
                 for k in range(first, steps):
                     idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
                     xb, yb = ds.x_train[idx], ds.y_train[idx]
-                    loss, grads, logits = prog.loss_and_grads(xb, yb, params, train=True)
+                    loss, grads, logits = prog.loss_and_grads(xb, yb, params, train=False, surrogate=surrogate)
                     if not math.isfinite(loss):
                         raise TamecError(f"the loss became {loss} at epoch {epoch + 1}, step {k + 1}",
                                          hint="lower --lr")
@@ -499,19 +541,21 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
                         raise KeyboardInterrupt
                 train_s = time.perf_counter() - t_ep
                 t_ev = time.perf_counter()
-                train_acc, _ = _eval(prog, params, ds.x_train, ds.y_train)
-                last_test, _ = _eval(prog, params, ds.x_test, ds.y_test)
+                prog.calibrate_bn(ds.x_train, params, surrogate)  # the statistics of the params evaluated
+                ev = _epoch_eval(prog, params, ds, surrogate)
+                train_acc, last_test = ev["bnn_train_accuracy"], ev["test_accuracy"]
                 eval_s = time.perf_counter() - t_ev
                 end_signs = _signs(params, binary)
                 flipped = {b: float(np.mean(end_signs[b] != start_signs[b])) for b in end_signs}
                 history.append({"epoch": epoch + 1, "loss": sums["loss"] / max(sums["seen"], 1),
                                 "batch_accuracy": sums["correct"] / max(sums["seen"], 1),
-                                "train_accuracy": train_acc, "test_accuracy": last_test,
+                                "train_accuracy": train_acc, "test_accuracy": last_test, **ev,
                                 "flipped": flipped, "seconds": train_s, "eval_seconds": eval_s})
                 save(epoch + 1, 0, rng.bit_generator.state, {"loss": 0.0, "correct": 0, "seen": 0}, end_signs)
                 _write_json(out / "metrics.json", {"config": config_doc, "epochs": history,
                                                    "compile_seconds": compile_s, "finished": False})
-                line = (f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['loss']:.4f}, train "
+                line = (f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['loss']:.4f} ({forward}), BNN loss "
+                        f"{ev['bnn_train_loss']:.4f} (gap {ev['surrogate_bnn_gap']:+.4f}), BNN train "
                         f"{train_acc:.4f}, test {last_test:.4f}, flipped "
                         f"{100 * np.mean(list(flipped.values()) or [0]):.2f} %, {train_s:.2f} s")
                 if bar is not None:
@@ -527,10 +571,50 @@ def train(cfg: TrainConfig, out="tamec-train", resume: bool = False, progress: b
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - wall0
-    return _finish(prog, params, ds, out, history, config_doc, compile_s, wall, say)
+    certify = (lambda m: run_pipeline(m, list(DEFAULT_PIPELINE[1:]) + list(FULL_PIPELINE_EXTRA), ctx=ctx)) \
+        if full_compile else None
+    return _finish(prog, params, ds, out, history, config_doc, compile_s, wall, say, certify)
 
 
-def _finish(prog, params, ds, out: Path, history, config_doc, compile_s, wall, say) -> TrainResult:
+def resolve_forward(cfg: TrainConfig) -> str:
+    """The forward mode of `cfg` (see TrainConfig.forward); UsageError when the rule has none."""
+    from tamec.runtime.rules import parse_rule
+
+    spec = parse_rule(cfg.rule)
+    forward = cfg.forward or ("surrogate" if spec.from_dual else "sign-heuristic")
+    if forward == "surrogate" and not spec.fixed_surrogate:
+        raise UsageError(f"rule {spec.name} has no fixed surrogate network to train: its surrogate depends on "
+                         "the sign of the upstream gradient",
+                         hint="train lp-mid or bb-mid:K (the default), or name the heuristic: --forward sign-heuristic")
+    return forward
+
+
+FORWARD_IS = {"surrogate": "forward and loss through the rule's fixed surrogate network (each threshold replaced by "
+                           "the surrogate of tamec/ops/rules.py): the gradients are the conservative field of the "
+                           "reported loss",
+              "sign-heuristic": "forward and loss through the sign network, the rule only backward: a heuristic "
+                                "(the gradients are not the field of the reported loss)"}
+
+
+def _epoch_eval(prog, params, ds, surrogate) -> dict:
+    """The BNN's (sign network's) train loss and accuracy and test accuracy, the trained
+    surrogate's train loss and the gap between the two losses, all at the epoch-end params."""
+    from tamec.runtime.autograd import softmax_cross_entropy
+
+    def loss_acc(x, y, sur):
+        logits = np.concatenate([prog.forward(x[i:i + EVAL_BATCH], params, surrogate=sur)
+                                 for i in range(0, len(x), EVAL_BATCH)])
+        return softmax_cross_entropy(logits, y)[0], float(np.mean(np.argmax(logits, axis=1) == y))
+
+    bnn_loss, bnn_acc = loss_acc(ds.x_train, ds.y_train, None)
+    sur_loss, sur_acc = loss_acc(ds.x_train, ds.y_train, surrogate) if surrogate else (bnn_loss, bnn_acc)
+    test_acc = loss_acc(ds.x_test, ds.y_test, None)[1]
+    return {"bnn_train_loss": bnn_loss, "bnn_train_accuracy": bnn_acc, "surrogate_train_loss": sur_loss,
+            "surrogate_train_accuracy": sur_acc, "surrogate_bnn_gap": sur_loss - bnn_loss,
+            "test_accuracy": test_acc}
+
+
+def _finish(prog, params, ds, out: Path, history, config_doc, compile_s, wall, say, certify=None) -> TrainResult:
     """Export ONNX and QONNX, check onnxruntime against the runtime, write metrics and curves."""
     import onnx
 
@@ -538,6 +622,9 @@ def _finish(prog, params, ds, out: Path, history, config_doc, compile_s, wall, s
     files = {"model": str(out / "model.onnx"), "qonnx": str(out / "model.qonnx.onnx"),
              "metrics": str(out / "metrics.json"), "curves": str(out / "curves.png"),
              "checkpoint": str(out / "checkpoint" / ckpt.FILE)}
+    if certify is not None:  # the certificates of the trained weights, next to the model
+        files["certificates"] = str(out / "certificates.json")
+        _write_certificates(prog, params, certify, files["certificates"])
     for key, model in (("model", prog.export_onnx(params)), ("qonnx", prog.export_qonnx(params))):
         data = model.SerializeToString()
         atomic_write(files[key], lambda f: f.write(data))
@@ -556,6 +643,21 @@ def _finish(prog, params, ds, out: Path, history, config_doc, compile_s, wall, s
         f"{files['qonnx']}, {files['metrics']}, {files['curves']}, {files['checkpoint']}")
     say(f"test_accuracy={test_acc:.4f}")
     return TrainResult(test_acc, history, out, files, metrics)
+
+
+def _write_certificates(prog, params, certify, path) -> None:
+    """Run the certifying passes (binarize-weights .. tame-check) on the trained graph (no parse)
+    and write their per-block certificates as `tamec compile --dump-dir` does."""
+    from tamec.module import Module
+    from tamec.passmanager import certificate_entries
+
+    try:
+        m = certify(Module(prog.graph_with(params), source=prog.source, properties=prog.module.properties))
+        doc = certificate_entries(m)
+    except TamecError as e:  # the trained model is still written; the file says why it has no certificate
+        doc = [{"error": str(e)}]
+    text = json.dumps(doc, indent=1, default=_json_default) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def onnxruntime_accuracy(path, x, y, preds) -> tuple[float, bool]:

@@ -381,7 +381,19 @@ def _grad_program(a):
     from tamec.runtime.rules import parse_rule
 
     rule = parse_rule(a.rule)
+    if a.forward == "surrogate" and not rule.fixed_surrogate:
+        raise UsageError(f"rule {rule.name} has no fixed surrogate network: its surrogate depends on the sign of "
+                         "the upstream gradient", hint="use --forward sign-heuristic, or a rule lp-mid, bb-mid:K, ste, "
+                                                       "ste-clip")
     return GradProgram.from_model(a.model, rule=rule, input_bounds=a.input_bounds)
+
+
+def _surrogate_forward(a) -> bool:
+    """--forward of grad/export-grad: surrogate by default for lp-mid and bb-mid:K (what `tamec train`
+    trains), the sign network (a heuristic for the dual rules) otherwise."""
+    from tamec.runtime.rules import parse_rule
+
+    return (a.forward or ("surrogate" if parse_rule(a.rule).midpoint else "sign-heuristic")) == "surrogate"
 
 
 def cmd_export_grad(a) -> int:
@@ -390,12 +402,13 @@ def cmd_export_grad(a) -> int:
     from tamec.export.grad import gradient_model
 
     prog = _grad_program(a)
-    model = gradient_model(prog, prog.rule)
+    sur = _surrogate_forward(a)
+    model = gradient_model(prog, prog.rule, surrogate=sur)
     try:
         onnx.save_model(model, a.output)
     except OSError as e:
         raise UsageError(f"cannot write {a.output}: {e.strerror}", hint="pick a writable path") from None
-    print(f"gradient graph (rule {prog.rule}, bounds baked in) written to {a.output}: inputs "
+    print(f"gradient graph (rule {prog.rule}, forward {'surrogate' if sur else 'sign-heuristic'}, bounds baked in) written to {a.output}: inputs "
           f"{prog.input_name}, labels, {len(prog.params)} weights; outputs loss, "
           + ", ".join(f"grad_{k}" for k in prog.params))
     return 0
@@ -405,7 +418,8 @@ def cmd_grad(a) -> int:
     prog = _grad_program(a)
     x = _as_model_dtype(_load_array(a.input), "float32", f"input {a.input}")  # GradProgram's inputs are float32
     labels = _load_array(a.labels)
-    loss, grads, _ = prog.loss_and_grads(x, labels)
+    sur = _surrogate_forward(a)
+    loss, grads, _ = prog.loss_and_grads(x, labels, surrogate=True if sur else None)
     if "loss" in grads:
         raise UsageError("the model has a weight named 'loss'", hint="rename it; GRADS.npz keys are loss and weights")
     try:
@@ -413,7 +427,8 @@ def cmd_grad(a) -> int:
             np.savez(f, loss=np.float32(loss), **grads)
     except OSError as e:
         raise UsageError(f"cannot write {a.output}: {e.strerror}", hint="pick a writable path") from None
-    print(f"loss {loss:.6g} (mean softmax cross-entropy over {x.shape[0]} examples, rule {prog.rule})")
+    print(f"loss {loss:.6g} (mean softmax cross-entropy over {x.shape[0]} examples, rule {prog.rule}, forward "
+          f"{'surrogate' if sur else 'sign-heuristic'})")
     print(_table([[k, list(g.shape), f"{float(np.linalg.norm(g)):.4g}"] for k, g in grads.items()],
                  ["weight", "shape", "|grad|"]))
     print(f"written to {a.output}")
@@ -514,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     rule_help = ("backward rule: lp-dual (default), bb-dual:K, lp-mid, bb-mid:K (the centre of the block's "
                  "relaxed interval, on the depth-K branch-and-bound leaf; what `tamec train` uses), or the "
                  "heuristics ste, ste-clip")
+    fwd_help = ("surrogate (default for lp-mid, bb-mid:K): forward and loss through the rule's fixed surrogate "
+                "network, whose conservative field the gradients are; sign-heuristic (default otherwise): the "
+                "sign network forward, the rule only backward")
     eg = sub.add_parser("export-grad", help="write forward + loss + backward as one standard-ONNX model",
                         description="Write the gradient graph of MODEL: inputs the data, labels (int64) and "
                                     "every weight by its initializer name; outputs loss (mean softmax "
@@ -522,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("model")
     eg.add_argument("--rule", default="lp-dual", metavar="lp-dual|bb-dual:K|lp-mid|bb-mid:K|ste|ste-clip",
                     help=rule_help)
+    eg.add_argument("--forward", choices=["surrogate", "sign-heuristic"], help=fwd_help)
     eg.add_argument("-o", "--output", required=True, metavar="G.onnx")
     eg.add_argument("--input-bounds", metavar="LO:HI", help="input box for the bounds (default 0:1)")
     eg.set_defaults(fn=cmd_export_grad)
@@ -535,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--labels", required=True, metavar="Y.npy", help="integer class indices [N]")
     gr.add_argument("--rule", default="lp-dual", metavar="lp-dual|bb-dual:K|lp-mid|bb-mid:K|ste|ste-clip",
                     help=rule_help)
+    gr.add_argument("--forward", choices=["surrogate", "sign-heuristic"], help=fwd_help)
     gr.add_argument("-o", "--output", required=True, metavar="GRADS.npz")
     gr.add_argument("--input-bounds", metavar="LO:HI", help="input box for the bounds (default 0:1)")
     gr.set_defaults(fn=cmd_grad)
@@ -553,9 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rule", metavar="bb-mid:K|lp-mid|lp-dual|bb-dual:K|ste|ste-clip",
                    help="backward rule of the thresholds (default bb-mid:5: the derivative of the centre of each "
                         "block's relaxed interval, the mean of its lower and upper dual bounds, on the depth-5 "
-                        "branch-and-bound leaf; K chosen on validation). lp-dual and bb-dual:K are available but "
-                        "do not train (descending the lower dual bound shrinks the BatchNorm scales; see "
-                        "tamec/ops/rules.py); ste and ste-clip are heuristics")
+                        "branch-and-bound leaf; trained through its surrogate, see --forward). lp-dual and bb-dual:K "
+                        "need --forward sign-heuristic and do not train well (descending the lower dual bound "
+                        "shrinks the BatchNorm scales; see tamec/ops/rules.py); ste and ste-clip are heuristics "
+                        "on the sign network, or the exact fields of the identity / hardtanh network with "
+                        "--forward surrogate")
+    t.add_argument("--forward", choices=["surrogate", "sign-heuristic"],
+                   help="surrogate (default for the dual rules): forward and loss through the rule's fixed "
+                        "surrogate network, whose conservative field the gradients are; sign-heuristic (default "
+                        "for ste, ste-clip): the sign network forward, the rule only backward")
     t.add_argument("--optimizer", choices=["adam", "sgd", "bop"], help="default adam")
     t.add_argument("--lr", type=float, help="learning rate (default adam 0.01, sgd 0.1; bop: Adam's for the "
                    "real parameters)")

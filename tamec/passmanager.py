@@ -335,14 +335,18 @@ def _write_stats(module: Module, dump: Path | None, mips: dict | None = None) ->
                 # pass -> the NN-<pass> stem of its MIP's .mip.tir/.mps (written by the pass that made it)
                 "mip_files": mips or {}}
         (dump / "stats.json").write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        dual, tame = module.reports.get("dualize"), module.reports.get("tame-check")
-        if dual or tame:  # one entry per block: its dualize and tame-check reports side by side
-            by_block: dict[str, dict] = {}
-            for name, reps in (("dualize", dual), ("tame-check", tame)):
-                for rep in reps or []:
-                    by_block.setdefault(rep["block"], {"block": rep["block"]})[name] = rep
-            (dump / "certificates.json").write_text(
-                json.dumps(list(by_block.values()), indent=1, default=_json_default) + "\n")
+        entries = certificate_entries(module)
+        if entries:
+            (dump / "certificates.json").write_text(json.dumps(entries, indent=1, default=_json_default) + "\n")
+
+
+def certificate_entries(module: Module) -> list[dict]:
+    """One entry per block, its dualize and tame-check reports side by side (certificates.json)."""
+    by_block: dict[str, dict] = {}
+    for name in ("dualize", "tame-check"):
+        for rep in module.reports.get(name) or []:
+            by_block.setdefault(rep["block"], {"block": rep["block"]})[name] = rep
+    return list(by_block.values())
 
 
 def _json_default(o):

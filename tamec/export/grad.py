@@ -77,8 +77,11 @@ class _G:
         return outs[0] if n_out == 1 else outs
 
 
-def gradient_model(prog, rule=None) -> onnx.ModelProto:
-    """forward + loss + backward of `prog` (with `rule`, default prog's) as one standard-ONNX model."""
+def gradient_model(prog, rule=None, surrogate: bool = False) -> onnx.ModelProto:
+    """forward + loss + backward of `prog` (with `rule`, default prog's) as one standard-ONNX model.
+    `surrogate`: every activation threshold's forward is the rule's fixed surrogate
+    (tamec/ops/rules.py `surrogate_u`; what `tamec train` trains by default), so `loss` is the
+    surrogate network's loss and the gradients are its conservative field; else the sign forward."""
 
     spec = R.parse_rule(rule if rule is not None else prog.rule)
     b = _G(set(prog.slot_names) | set(prog.params) | {"labels", "loss"})
@@ -100,7 +103,11 @@ def gradient_model(prog, rule=None) -> onnx.ModelProto:
     def acc(slot: int, g: str) -> None:
         grads[slot] = g if slot not in grads else b.node("Add", [grads[slot], g], "grad")
 
+    if surrogate and not spec.fixed_surrogate:
+        raise UnsupportedModelError(f"rule {spec.name} has no fixed surrogate network to export",
+                                    hint="use lp-mid, bb-mid:K, ste or ste-clip, or export the sign forward")
     emit = _Emitter(prog, b, name, spec, R)
+    emit.surrogate = surrogate
     for st in prog.steps:
         emit.forward(st)
     logits = name[prog.out_slot]
@@ -131,8 +138,9 @@ def gradient_model(prog, rule=None) -> onnx.ModelProto:
               helper.make_tensor_value_info("labels", I64, ["N"])]
     inputs += [helper.make_tensor_value_info(k, F32, list(v.shape)) for k, v in prog.params.items()]
     graph = helper.make_graph(b.nodes, f"{prog.graph.name}-grad-{spec.name}", inputs, outputs, initializer=b.inits)
-    graph.doc_string = (f"tamec gradient graph, rule {spec.name}: loss = mean softmax cross-entropy; rule "
-                        "constants (bounds of each threshold's pre-activation) baked in")
+    graph.doc_string = (f"tamec gradient graph, rule {spec.name}, forward {'surrogate' if surrogate else 'sign'}: "
+                        "loss = mean softmax cross-entropy; rule constants (bounds of each threshold's "
+                        "pre-activation) baked in")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tamec",
                               producer_version=__version__)
     model.ir_version = 8
@@ -196,6 +204,8 @@ class _Emitter:
             b.node("Where", [neg, b.f32("minus_one", -1.0), b.f32("one", 1.0)], base, out=out)
         elif k == "wthreshold":
             self._threshold_fwd(st, ins[0], out, base, self.vshape[st.ins[0]], batch=False)
+        elif k == "threshold" and self.surrogate:
+            self._surrogate_fwd(st, ins[0], out, base)
         elif k == "threshold":
             self._threshold_fwd(st, ins[0], out, base, ("N", *st.info["t"].sample_shape), batch=True)
         elif k == "linear":
@@ -238,6 +248,29 @@ class _Emitter:
             self.saved[st.out] = {"indices": idx}
         else:
             self._unsupported(st, f"no ONNX form for step {k}")
+
+    def _surrogate_fwd(self, st, x, out, base) -> None:
+        """y = down + d u(s), s = x - tau, with u the rule's surrogate in the clip form of
+        R.surrogate_constants (float64, as the runtime computes it)."""
+        b = self.b
+        t = st.info["t"]
+        cshape = (1, *t.sample_shape)
+        sc = self.R.surrogate_constants(self.spec, t.coef)
+        c = {k: b.const(f"{base}/{k}", np.asarray(v, np.float64).reshape(cshape))
+             for k, v in sc.items() if k not in ("cmin", "cmax")}
+        zero, one, half = b.const("f64_cmin", np.float64(sc["cmin"])), b.const("f64_cmax", np.float64(sc["cmax"])), \
+            b.const("f64_half", np.float64(0.5))
+        xd, tc = b.node("Cast", [x], base, to=F64), b.const(f"{base}/tau", t.tau.reshape(cshape))
+        self.saved[st.out] = {"xd": xd, "tau": tc}  # what the rule's backward reads
+        s = b.node("Sub", [xd, tc], base)
+        up = b.node("Add", [b.node("Mul", [s, c["a_up"]], base), c["b_up"]], base)
+        dn = b.node("Add", [b.node("Mul", [s, c["a_dn"]], base), c["b_dn"]], base)
+        up, dn = (b.node("Clip", [v, zero, one], base) for v in (up, dn))
+        u = b.node("Mul", [b.node("Add", [up, dn], base), half], base)
+        u = b.node("Min", [b.node("Max", [u, c["lo"]], base), c["hi"]], base)
+        y = b.node("Add", [b.node("Mul", [u, b.const(f"{base}/d", t.d.reshape(cshape))], base),
+                           b.const(f"{base}/down", t.down.astype(np.float64).reshape(cshape))], base)
+        b.node("Cast", [y], base, out=out, to=F32)
 
     def _threshold_fwd(self, st, x, out, base, shape, batch: bool) -> None:
         b = self.b
