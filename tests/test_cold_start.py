@@ -47,17 +47,19 @@ def compiled_after_first_run(model: Path, cache_dir: Path, batch: int = 1) -> di
 
 @pytest.mark.slow
 def test_mlp_plan_compiles_each_kernel_once(tmp_path):
-    """A Larq-style MLP plan (input pointwise fused into the bgemm chain, pointwise head) compiles one
-    signature per kernel, none for a literal argument, and no conv/pool kernel it does not use."""
+    """A Larq-style MLP plan (real first layer by BLAS fused to bits, bgemm chain, pointwise head)
+    compiles one signature per kernel, none for a literal argument, and no conv/pool kernel it
+    does not use."""
     got = compiled_after_first_run(ROOT / "models" / "larq_sign.onnx", tmp_path)
-    assert "bgemm-chain x2 +input" in got["steps"] and "pointwise->float32" in got["steps"]
+    assert got["steps"] == ["sgemm(BLAS)+pointwise+threshold->bits", "bgemm-chain x2", "pointwise->float32"]
     compiled = got["compiled"]
     assert {"kernels.bgemm_chain", "kernels.bgemm", "kernels.pointwise"} <= set(compiled)
     literal = {k: s for k, s in compiled.items() if any("Literal" in x for x in s)}
     assert not literal, f"literal-argument specializations (a callee compiled once more): {literal}"
     several = {k: s for k, s in compiled.items() if len(s) > 1}
     assert not several, f"kernels compiled for more than one signature: {several}"
-    unused = {"kernels.im2col", "kernels.maxpool", "kernels.conv1_pointwise", "bits.pack"} & set(compiled)
+    unused = {"kernels.im2col", "kernels.im2col_f32", "kernels.maxpool", "kernels.maxpool_f32", "kernels.maxpool_map",
+              "kernels.conv1_pointwise", "bits.pack"} & set(compiled)
     assert not unused, f"kernels compiled that the plan does not use: {unused}"
 
 
