@@ -1237,18 +1237,23 @@ class _Builder:
             K.im2col(s, m, t_, geom, chanmask, cs, cm)
             return n, cs, cm, t_ or padded
 
+        def bits_out(env, arena):
+            """The rows through bgemm and its threshold, to packed bits in the arena (pooled or not)."""
+            n, a, am, tern = rows_of(env, arena)
+            r = a.shape[0]
+            acc = _buf(arena, key + ("acc",), (4 * js,), np.int64)
+            os_ = _buf(arena, key + ("s",), (r, jw), np.uint64)
+            om = _buf(arena, key + ("m",), (r, jw), np.uint64)
+            z = K.bgemm(a, am, tern, kvalid, wT, jc, K.OUT_BITS, tlo, thi, pw, bias_a, bmode,
+                        os_, om, _DUMMY_F2, acc)
+            return n, os_, om, z
+
         if pooled is not None:
             self.pslot[out] = (dst, final_rep)
             po = final_rep.S
 
             def fn(env, arena):
-                n, a, am, tern = rows_of(env, arena)
-                r = a.shape[0]
-                acc = _buf(arena, key + ("acc",), (4 * js,), np.int64)
-                os_ = _buf(arena, key + ("s",), (r, jw), np.uint64)
-                om = _buf(arena, key + ("m",), (r, jw), np.uint64)
-                K.bgemm(a, am, tern, kvalid, wT, jc, K.OUT_BITS, tlo, thi, pw, bias_a, bmode,
-                        os_, om, _DUMMY_F2, acc)
+                n, os_, om, _ = bits_out(env, arena)
                 ps_ = _buf(arena, key + ("ps",), (n, po, jw), np.uint64)
                 pm = _buf(arena, key + ("pm",), (n, po, jw), np.uint64)
                 z = K.maxpool_map(os_.reshape(n, oh_ow, jw), om.reshape(n, oh_ow, jw), pool_geom, map_words, ps_, pm)
@@ -1257,13 +1262,7 @@ class _Builder:
             self.pslot[out] = (dst, out_rep)
 
             def fn(env, arena):
-                n, a, am, tern = rows_of(env, arena)
-                r = a.shape[0]
-                acc = _buf(arena, key + ("acc",), (4 * js,), np.int64)
-                os_ = _buf(arena, key + ("s",), (r, jw), np.uint64)
-                om = _buf(arena, key + ("m",), (r, jw), np.uint64)
-                z = K.bgemm(a, am, tern, kvalid, wT, jc, K.OUT_BITS, tlo, thi, pw, bias_a, bmode,
-                            os_, om, _DUMMY_F2, acc)
+                n, os_, om, z = bits_out(env, arena)
                 env[dst] = (os_.reshape(n, oh_ow, jw), om.reshape(n, oh_ow, jw), z)
         else:
             self.slot[out] = dst
